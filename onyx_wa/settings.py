@@ -1,0 +1,168 @@
+"""All configuration in one place: ``ONYX_WA_*`` environment variables and ``.env``.
+
+Why one module: every process (ingress, workers, egress, admin, CLI) reads the same settings, so
+a typo is caught once, at start, with a message that names the variable and the fix.
+The embedded default needs no variables at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default keeps its SQLite file, encryption key and RocksDB state."""
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "onyx-wa"
+
+
+class Settings(BaseSettings):
+    """Process settings. Field names map to ``ONYX_WA_<NAME>`` unless an alias says otherwise."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ONYX_WA_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir)
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ONYX_WA_KAFKA_BOOTSTRAP_SERVERS"),
+        description="Unset: the embedded Tansu broker is used.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "ONYX_WA_DATABASE_URL"),
+        description="Unset: SQLite in data_dir. postgresql+asyncpg://... for PostgreSQL.",
+    )
+    encryption_key: str | None = Field(
+        default=None,
+        description="Fernet key(s), comma-separated, newest first. Generated for the embedded default.",
+    )
+
+    # --- kafka -------------------------------------------------------------------------------
+    topic_prefix: str = ""
+    partitions: int = Field(default=8, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=19092, ge=1, le=65535)
+    kafka_client_id: str = "onyx-wa"
+
+    # --- processes ---------------------------------------------------------------------------
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = Field(default=8080, ge=0, le=65535)
+    admin_port: int = Field(default=8081, ge=0, le=65535)
+    sim_port: int = Field(default=8090, ge=0, le=65535)
+    worker_web_port: int = Field(default=6066, ge=0, le=65535)
+    public_ingress_url: str | None = Field(
+        default=None, description="Where the simulator posts webhooks; default the local ingress."
+    )
+
+    # --- ingress -----------------------------------------------------------------------------
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+    tenant_flood_ceiling_per_s: float = Field(default=500.0, gt=0)
+    bot_cache_ttl_s: float = Field(default=30.0, ge=0)
+
+    # --- streams -----------------------------------------------------------------------------
+    store: Literal["memory", "rocksdb"] = "memory"
+    dedupe_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+    conversation_idle_ttl_s: float = Field(default=30 * 24 * 3600, gt=0)
+    history_turns: int = Field(default=6, ge=0, le=50)
+    user_questions_per_minute: int = Field(default=10, ge=1)
+    tenant_questions_per_minute: int = Field(default=600, ge=1)
+    tenant_questions_per_day: int = Field(default=50_000, ge=1)
+
+    # --- answers -----------------------------------------------------------------------------
+    corpus_dir: Path | None = Field(default=None, description="Local answer backend documents.")
+    answer_concurrency_per_tenant: int = Field(default=32, ge=1)
+    onyx_connect_timeout_s: float = Field(default=5.0, gt=0)
+    onyx_first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    onyx_total_timeout_s: float = Field(default=120.0, gt=0)
+    onyx_max_retries: int = Field(default=3, ge=0)
+
+    # --- egress ------------------------------------------------------------------------------
+    graph_api_url: str | None = Field(
+        default=None, description="Graph API base; default the local simulator in the embedded stack."
+    )
+    graph_api_version: str = "v25.0"
+    sources_top_n: int = Field(default=5, ge=0, le=10)
+    send_concurrency: int = Field(default=64, ge=1)
+
+    # --- observability -----------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = False
+    admin_tokens: str | None = Field(
+        default=None, description="token=role[:tenant], comma-separated (operator|tenant)."
+    )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no external broker is configured: the embedded Tansu broker is used."""
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.broker_host}:{self.broker_port}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL; plain ``postgresql://`` is upgraded to asyncpg."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{self.data_dir / 'onyx-wa.sqlite3'}"
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        if url.startswith("postgresql://"):
+            url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+        if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+            url = "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        return url
+
+    @property
+    def graph_base_url(self) -> str:
+        return (self.graph_api_url or f"http://127.0.0.1:{self.sim_port}").rstrip("/")
+
+    @property
+    def ingress_url(self) -> str:
+        return self.public_ingress_url or f"http://127.0.0.1:{self.ingress_port}/webhooks/whatsapp"
+
+
+class SettingsError(RuntimeError):
+    """Raised with a one-line, human message when settings do not validate."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"ONYX_WA_{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()

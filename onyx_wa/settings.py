@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=19092, ge=1, le=65535)
     kafka_client_id: str = "onyx-wa"
+    kafka_session_timeout_s: float = Field(
+        default=10.0, ge=6.0, le=300.0, description="Consumer group session timeout (see kafka.py)."
+    )
 
     # --- processes ---------------------------------------------------------------------------
     ingress_host: str = "127.0.0.1"
@@ -92,7 +95,8 @@ class Settings(BaseSettings):
 
     # --- egress ------------------------------------------------------------------------------
     graph_api_url: str | None = Field(
-        default=None, description="Graph API base; default the local simulator in the embedded stack."
+        default=None,
+        description="Graph API base; default the local simulator in the embedded stack.",
     )
     graph_api_version: str = "v25.0"
     sources_top_n: int = Field(default=5, ge=0, le=10)

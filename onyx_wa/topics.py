@@ -28,7 +28,9 @@ INVALID = TopicSpec("wa.invalid", "InvalidEvent", "delivery id")
 ANSWER_REQUESTS = TopicSpec("onyx.answer.requests", "AnswerRequest", "tenant:chat")
 ANSWER_RESULTS = TopicSpec("onyx.answer.results", "AnswerResult", "tenant:chat")
 OUTBOUND = TopicSpec("wa.outbound", "OutboundMessage", "tenant:phone_number_id")
-OUTBOUND_RESULTS = TopicSpec("wa.outbound.results", "OutboundResult", "tenant:phone_number_id")
+OUTBOUND_RESULTS = TopicSpec(
+    "wa.outbound.results", "OutboundResult", "tenant:chat (so conversation state sees its wamids)"
+)
 OUTBOUND_DLQ = TopicSpec("wa.outbound.dlq", "OutboundResult", "tenant:phone_number_id")
 FEEDBACK = TopicSpec("wa.feedback", "Feedback", "tenant:chat")
 

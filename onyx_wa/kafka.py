@@ -1,0 +1,293 @@
+"""Kafka client settings, topic creation and every embedded-broker quirk, in one place.
+
+Why one module: the code elsewhere must be correct on real Apache Kafka. Where Tansu (the
+embedded broker) differs, the difference is handled here and documented in DEVELOPERS.md, so
+nothing else needs an ``if embedded`` branch.
+
+Quirks handled here:
+- idempotent / transactional producers fail on Tansu (InitProducerId): producers run with
+  ``acks=all`` and ``enable_idempotence=False``; consumers are idempotent instead.
+- a producer auto-creating a topic gets the broker's default partition count, and Faust then
+  crashes with PartitionsMismatch: :func:`ensure_topics` creates every topic up front.
+- the admin client's OffsetFetch fails on Tansu: :func:`committed_offsets` reads committed
+  offsets through a consumer of the group, which works on both brokers.
+- ``end_offsets`` on Tansu returns the last batch's base offset + 1, not the high watermark:
+  :func:`end_offsets` reads the tail on the embedded broker to find the true end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import TopicAlreadyExistsError
+
+from onyx_wa.settings import Settings
+from onyx_wa.topics import ALL, TopicSpec, full_name
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not answer; the message names the address and the fix."""
+
+
+# --- client settings ----------------------------------------------------------------------------
+
+
+def producer_kwargs(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Producer settings for throughput with durable acks (and no idempotence: see quirks)."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": 2,
+        "max_batch_size": 256 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+        "request_timeout_ms": int(settings.publish_timeout_s * 1000) + 1000,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def consumer_kwargs(settings: Settings, group_id: str | None, **overrides: Any) -> dict[str, Any]:
+    """Consumer settings: manual commits (at-least-once), earliest on a new group."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": int(settings.kafka_session_timeout_s * 1000),
+        "heartbeat_interval_ms": 1_000,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def faust_broker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``faust.App`` that make it safe and fast on both brokers.
+
+    Why each one:
+    - ``processing_guarantee=at_least_once``: exactly_once needs transactions (Tansu lacks
+      them, and Faust's implementation is unreliable anyway); consumers dedupe instead.
+    - pipeline topics are created up front by :func:`ensure_topics` (a producer racing ahead
+      would auto-create them with the broker default); Faust declares only what it owns
+      (changelog topics) with ``topic_partitions``. ``topic_disable_leader``: no leader topic.
+    - ``broker_session_timeout`` 10 s (Faust's default is 60 s): the embedded broker holds a
+      JoinGroup for half the session timeout, waiting for other members, before it completes the
+      join. Measured here: 60 s session → first record after 31 s; 10 s → 6 s; 6 s → 4.8 s, and the
+      rebalance timeout made no difference. That was the "~30 s Faust group join". Real Kafka
+      waits ``group.initial.rebalance.delay.ms`` (3 s) instead. 10 s is also aiokafka's default
+      and tolerant of a busy 2-core machine; tests set ``ONYX_WA_KAFKA_SESSION_TIMEOUT_S=6``.
+    """
+    return {
+        "broker": f"kafka://{settings.bootstrap_servers}",
+        "broker_client_id": settings.kafka_client_id,
+        "processing_guarantee": "at_least_once",
+        "producer_acks": -1,
+        "producer_linger_ms": 2,
+        "producer_max_request_size": 8 * 1024 * 1024,
+        "producer_request_timeout": 30.0,
+        "broker_session_timeout": settings.kafka_session_timeout_s,
+        "broker_heartbeat_interval": min(1.0, settings.kafka_session_timeout_s / 3),
+        "broker_rebalance_timeout": 20.0,
+        "broker_commit_every": 1000,
+        "broker_commit_interval": 1.0,
+        "consumer_auto_offset_reset": "earliest",
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "topic_allow_declare": True,
+        "topic_disable_leader": True,
+        "stream_wait_empty": False,
+    }
+
+
+# --- broker reachability and topics -------------------------------------------------------------
+
+
+async def wait_for_broker(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
+    """Return once the broker answers a metadata request; else :class:`BrokerUnavailable`."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=2_000)
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout=timeout_s)
+    except Exception as exc:
+        raise BrokerUnavailable(
+            f"Kafka broker at {bootstrap_servers} is unreachable ({type(exc).__name__}): start "
+            f"it (onyx-wa broker) or fix KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+def planned_topics(settings: Settings, prefix: str | None = None) -> dict[str, int]:
+    """Every topic of the pipeline under ``prefix`` with its partition count."""
+    pfx = settings.topic_prefix if prefix is None else prefix
+    return {full_name(spec, pfx): settings.partitions for spec in ALL}
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: Mapping[str, int],
+    *,
+    replication_factor: int = 1,
+    compacted: Iterable[str] = (),
+) -> None:
+    """Create missing topics with the given partitions; fail loudly on a partition mismatch.
+
+    Idempotent: existing topics with the right partition count are left alone. A mismatch is an
+    error rather than a warning because keyed ordering (tenant:chat) depends on it.
+    """
+    compacted = set(compacted)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = await _partition_counts(admin, list(topics))
+        missing = [
+            NewTopic(
+                name,
+                num_partitions=parts,
+                replication_factor=replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
+            )
+            for name, parts in topics.items()
+            if name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+            existing = await _partition_counts(admin, list(topics))
+        for name, parts in topics.items():
+            got = existing.get(name)
+            if got is None:
+                raise BrokerUnavailable(f"topic {name} could not be created")
+            if got != parts:
+                raise RuntimeError(
+                    f"topic {name} has {got} partitions, expected {parts}: set ONYX_WA_PARTITIONS "
+                    f"to {got} or recreate the topic"
+                )
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partition count per existing topic among ``names`` (absent topics are omitted).
+
+    Lists first and describes only existing topics: a metadata request naming an absent topic
+    auto-creates it on brokers that allow that (Tansu does), with the wrong partition count.
+    """
+    present = set(await admin.list_topics()) & set(names)
+    if not present:
+        return {}
+    metadata = await admin.describe_topics(sorted(present))
+    counts: dict[str, int] = {}
+    for topic in metadata:
+        if topic.get("error_code", 0) == 0 and topic.get("partitions"):
+            counts[topic["topic"]] = len(topic["partitions"])
+    return counts
+
+
+async def ensure_pipeline_topics(settings: Settings, prefix: str | None = None) -> dict[str, int]:
+    """Create every pipeline topic for ``settings`` (used by ``broker``, ``up``, tests)."""
+    topics = planned_topics(settings, prefix)
+    await ensure_topics(
+        settings.bootstrap_servers, topics, replication_factor=settings.replication_factor
+    )
+    return topics
+
+
+# --- offsets (lag, replay) ----------------------------------------------------------------------
+
+
+async def end_offsets(
+    bootstrap_servers: str, partitions: list[TopicPartition], *, embedded: bool
+) -> dict[TopicPartition, int]:
+    """The high watermark per partition, correct on both brokers.
+
+    On Tansu ``end_offsets`` reports the last batch's base offset + 1; when that batch held
+    several records the true end is further on, so we read the tail and take the last offset + 1.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        reported = await consumer.end_offsets(partitions)
+        if not embedded:
+            return dict(reported)
+        consumer.assign(partitions)
+        exact: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            end = reported[tp]
+            if end == 0:
+                exact[tp] = 0
+                continue
+            consumer.seek(tp, end - 1)
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+                records = batch.get(tp, [])
+                if not records:
+                    break
+                end = max(end, records[-1].offset + 1)
+            exact[tp] = end
+        return exact
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(
+    bootstrap_servers: str, group_id: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """Committed offsets of ``group_id`` without joining it (works on Tansu and Kafka).
+
+    The consumer never subscribes, so it never joins the group or moves its offsets.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return {tp: await consumer.committed(tp) for tp in partitions}
+    finally:
+        await consumer.stop()
+
+
+async def start_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """A started producer with :func:`producer_kwargs`; raises :class:`BrokerUnavailable`."""
+    producer = AIOKafkaProducer(**producer_kwargs(settings, **overrides))
+    try:
+        await asyncio.wait_for(producer.start(), timeout=settings.publish_timeout_s + 5)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        raise BrokerUnavailable(
+            f"Kafka broker at {settings.bootstrap_servers} is unreachable ({type(exc).__name__}): "
+            f"start it (onyx-wa broker) or fix KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+    return producer
+
+
+__all__ = [
+    "BrokerUnavailable",
+    "TopicSpec",
+    "committed_offsets",
+    "consumer_kwargs",
+    "end_offsets",
+    "ensure_pipeline_topics",
+    "ensure_topics",
+    "faust_broker_settings",
+    "planned_topics",
+    "producer_kwargs",
+    "start_producer",
+    "wait_for_broker",
+]

@@ -1,0 +1,38 @@
+"""Process-wide Prometheus metrics shared by the pipeline stages.
+
+Why module-level: one worker process registers each metric once in the default registry, and
+every stage labels its own series. HTTP apps that may be built several times in one process
+(tests) keep private registries instead (see ingress/).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+STAGE_EVENTS = Counter(
+    "onyx_wa_stage_events_total", "Events handled per stage and outcome", ["stage", "outcome"]
+)
+STAGE_LATENCY = Histogram(
+    "onyx_wa_stage_latency_seconds",
+    "Processing time per event and stage",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DUPLICATES = Counter(
+    "onyx_wa_duplicates_total", "Duplicates dropped by idempotent consumers", ["stage"]
+)
+ANSWER_LATENCY = Histogram(
+    "onyx_wa_answer_latency_seconds",
+    "Answer backend latency",
+    ["backend", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
+SENDS = Counter("onyx_wa_sends_total", "Graph API sends by result code", ["result", "code"])
+THROTTLE_WAIT = Histogram(
+    "onyx_wa_throttle_wait_seconds",
+    "Time sends waited for the per-number token bucket",
+    buckets=(0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+PAUSED_BOTS = Gauge("onyx_wa_paused_bots", "Bots whose sending is paused by a stop-and-alert code")
+DLQ = Counter("onyx_wa_dlq_total", "Outbound messages sent to the DLQ", ["code"])
+QUOTA_REJECTED = Counter("onyx_wa_quota_rejected_total", "Questions over quota", ["scope"])

@@ -15,7 +15,7 @@ import structlog
 
 from onyx_wa.settings import Settings
 
-_NOISY = ("aiokafka", "faust", "mode", "aiohttp.access", "kafka")
+_NOISY = ("aiokafka", "faust", "mode", "aiohttp.access", "kafka", "alembic")
 
 
 def hash_id(value: str | None) -> str:

@@ -130,9 +130,12 @@ class EmbeddedBroker:
 
     async def start(self) -> None:
         """Spawn and wait until the broker answers a Kafka metadata request."""
+        self.spawn()
+        await self._wait_ready()
+
+    async def _wait_ready(self) -> None:
         from onyx_wa.kafka import wait_for_broker
 
-        self.spawn()
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
             if not self.running():
@@ -152,6 +155,20 @@ class EmbeddedBroker:
                         f"{self.startup_timeout_s:.0f} s"
                     ) from None
                 await asyncio.sleep(0.1)
+
+    def start_blocking(self) -> None:
+        """Start from synchronous code without touching the caller's event loop.
+
+        ``asyncio.run`` on the calling thread would close and unset that thread's loop (pytest's
+        session loop, for one), so the readiness wait runs on a short-lived thread. The process
+        itself is spawned here, on the caller's thread: Linux's parent-death signal fires when
+        the *thread* that forked exits, so forking from the helper thread would kill the broker.
+        """
+        import concurrent.futures
+
+        self.spawn()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, self._wait_ready()).result()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM, wait, then SIGKILL: never leave the process behind."""

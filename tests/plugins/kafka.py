@@ -122,9 +122,7 @@ def kafka_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerTar
     broker = EmbeddedBroker(
         port=free_port(), log_path=tmp_path_factory.mktemp("broker") / "tansu.log"
     )
-    import asyncio
-
-    asyncio.run(broker.start())
+    broker.start_blocking()
     try:
         yield BrokerTarget(broker.bootstrap_servers, "embedded")
     finally:

@@ -45,5 +45,7 @@ def run_benchmark(name: str, *, save: bool = True) -> dict[str, Any]:
     if save:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        (RESULTS_DIR / f"{name}-{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
+        (RESULTS_DIR / f"{name}-{stamp}.json").write_text(
+            json.dumps(results, indent=2, default=str)
+        )
     return results if name == "all" else results[name]

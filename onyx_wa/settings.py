@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     )
     encryption_key: str | None = Field(
         default=None,
-        description="Fernet key(s), comma-separated, newest first. Generated for the embedded default.",
+        description="Fernet key(s), comma-separated, newest first; generated when embedded.",
     )
 
     # --- kafka -------------------------------------------------------------------------------

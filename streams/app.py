@@ -1,0 +1,126 @@
+"""The Faust app factory: one app per worker process, stages registered by role.
+
+Why a factory and not a module-level app: tests and ``onyx-wa up`` build apps with different
+topic prefixes, partitions and roles in one interpreter, and settings are validated before any
+Faust object exists. Each stage module exposes ``register(app, ctx)``.
+
+Roles: ``streams`` (preprocess, conversation), ``answers`` (answer stage), ``egress`` (compose and
+send). A worker runs any subset; the consumer group id is derived from the roles so that workers
+running the same roles share the work, and workers running other roles never steal it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+from schemas.codec import get_codec
+from schemas.faust_codec import register_faust_codecs
+
+from onyx_wa import topics as t
+from onyx_wa.kafka import faust_broker_settings
+from onyx_wa.settings import Settings
+
+ROLES = ("streams", "answers", "egress")
+
+
+class AnyAvro(codecs.Codec):
+    """Decode any project record by the schema id in its header (for multi-topic streams)."""
+
+    def _dumps(self, obj: Any) -> bytes:  # pragma: no cover - never used to write
+        raise TypeError("avro.any is read-only: send with the record's own codec")
+
+    def _loads(self, s: bytes) -> Any:
+        return get_codec().decode(s)
+
+
+def _register_codecs() -> None:
+    register_faust_codecs()
+    if "avro.any" not in codecs.codecs:
+        codecs.register("avro.any", AnyAvro())
+
+
+@dataclass
+class Topics:
+    """Faust topic objects of the pipeline, under the settings' prefix."""
+
+    app: faust.App
+    settings: Settings
+    _cache: dict[str, faust.TopicT] = field(default_factory=dict)
+
+    def name(self, spec: t.TopicSpec) -> str:
+        return t.full_name(spec, self.settings.topic_prefix)
+
+    def of(self, spec: t.TopicSpec) -> faust.TopicT:
+        """The topic for sending ``spec``'s records (and reading them typed)."""
+        if spec.name not in self._cache:
+            self._cache[spec.name] = self.app.topic(
+                self.name(spec),
+                key_serializer="raw",
+                value_serializer=f"avro.{spec.schema}",
+                partitions=self.settings.partitions,
+                internal=False,
+            )
+        return self._cache[spec.name]
+
+    def merged(self, *specs: t.TopicSpec) -> faust.TopicT:
+        """One stream over several co-partitioned topics (same key, same partition count)."""
+        return self.app.topic(
+            *(self.name(s) for s in specs),
+            key_serializer="raw",
+            value_serializer="avro.any",
+            partitions=self.settings.partitions,
+        )
+
+
+@dataclass
+class StageContext:
+    """What stages share in one worker: settings, topics and lazily opened resources."""
+
+    settings: Settings
+    topics: Topics
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+def app_id(settings: Settings, roles: Iterable[str]) -> str:
+    base = f"{settings.topic_prefix}.onyx-wa" if settings.topic_prefix else "onyx-wa"
+    return f"{base}-{'-'.join(sorted(set(roles)))}"
+
+
+def build_app(
+    settings: Settings, roles: Iterable[str] = ROLES, **resources: Any
+) -> tuple[faust.App, StageContext]:
+    """Create the Faust app for ``roles`` and register their stages."""
+    roles = tuple(sorted(set(roles)))
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown worker role(s) {sorted(unknown)}; choose from {list(ROLES)}")
+    _register_codecs()
+    store = "memory://" if settings.store == "memory" else "rocksdb://"
+    app = faust.App(
+        app_id(settings, roles),
+        **faust_broker_settings(settings),
+        store=store,
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=False,
+        autodiscover=False,
+        table_standby_replicas=0,
+    )
+    ctx = StageContext(settings=settings, topics=Topics(app, settings), resources=dict(resources))
+    if "streams" in roles:
+        from streams import conversation, preprocess
+
+        preprocess.register(app, ctx)
+        conversation.register(app, ctx)
+    if "answers" in roles:
+        from answers import stage as answer_stage
+
+        answer_stage.register(app, ctx)
+    if "egress" in roles:
+        from egress import stage as egress_stage
+
+        egress_stage.register(app, ctx)
+    return app, ctx

@@ -1,0 +1,155 @@
+"""Bot and chat configuration for the workers, from the database through caches.
+
+Why caches: every inbound message needs its bot and chat config, and a database query per event
+would cap throughput at the database's. Bots come from the store's ``BotDirectory`` snapshot and
+chat configs are memoized per chat; both are dropped when the store's config version changes
+(checked at most every ``bot_cache_ttl_s``), so an admin's change reaches running workers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from onyx_wa.settings import Settings
+from streams.classify import ChatRule
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """What the conversation stage needs from a chat config."""
+
+    rule: ChatRule
+    persona_id: int | None = None
+    document_sets: tuple[str, ...] = ()
+    source_types: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    time_cutoff_days: int | None = None
+    show_sources: bool = True
+
+
+DEFAULT_CHAT = ChatSettings(
+    rule=ChatRule(respond_tag_only=False, allowed_senders=None, disabled=False)
+)
+
+
+def chat_settings_from_view(view: Any, bot: Any) -> ChatSettings:
+    """Map the store's chat config view (or None) onto :class:`ChatSettings`."""
+    if view is None:
+        return ChatSettings(
+            rule=DEFAULT_CHAT.rule, persona_id=getattr(bot, "default_persona_id", None)
+        )
+    filters = dict(getattr(view, "answer_filters", None) or {})
+    allowed = getattr(view, "allowed_senders", None)
+    return ChatSettings(
+        rule=ChatRule(
+            respond_tag_only=bool(getattr(view, "respond_tag_only", False)),
+            allowed_senders=frozenset(allowed) if allowed else None,
+            disabled=bool(getattr(view, "disabled", False)),
+        ),
+        persona_id=getattr(view, "persona_id", None) or getattr(bot, "default_persona_id", None),
+        document_sets=tuple(getattr(view, "document_sets", None) or ()),
+        source_types=tuple(filters.get("source_types") or filters.get("source_type") or ()),
+        tags=tuple(filters.get("tags") or ()),
+        time_cutoff_days=filters.get("time_cutoff_days"),
+        show_sources=bool(getattr(view, "show_sources", True)),
+    )
+
+
+@dataclass
+class BotView:
+    """The parts of a bot the stages use; secrets stay inside (never logged, masked repr)."""
+
+    config: Any
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.config, name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        name = getattr(self.config, "name", None)
+        return (name,) if name else ()
+
+    @property
+    def user_questions_per_minute(self) -> int | None:
+        return getattr(self.config, "user_questions_per_minute", None)
+
+    def __repr__(self) -> str:
+        return f"BotView(tenant={self.config.tenant_id!r}, number={self.config.phone_number_id!r})"
+
+
+@dataclass
+class ConfigLookup:
+    """Bots by phone_number_id and chat settings by chat, cached, invalidated on change."""
+
+    directory: Any  # store.cache.BotDirectory
+    chats: Any  # store.repo.ChatConfigRepository
+    users: Any  # store.repo.UserLinkRepository
+    ttl_s: float = 30.0
+    _chat_cache: dict[tuple[Any, str, bool], ChatSettings] = field(default_factory=dict)
+    _link_cache: dict[tuple[Any, str], str | None] = field(default_factory=dict)
+    _version: int | None = None
+    _checked: float = 0.0
+
+    async def _maybe_invalidate(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.ttl_s and self._version is not None:
+            return
+        self._checked = now
+        await self.directory.refresh()
+        version = getattr(self.directory, "version", None)
+        if version != self._version:
+            self._version = version
+            self._chat_cache.clear()
+            self._link_cache.clear()
+
+    async def bot(self, phone_number_id: str) -> BotView | None:
+        await self._maybe_invalidate()
+        config = await self.directory.get(phone_number_id)
+        return BotView(config) if config is not None else None
+
+    async def chat(self, bot: BotView | None, chat_id: str, is_group: bool) -> ChatSettings:
+        if bot is None:
+            return DEFAULT_CHAT
+        key = (bot.id, chat_id, is_group)
+        cached = self._chat_cache.get(key)
+        if cached is None:
+            view = await self.chats.for_chat(bot.id, chat_id, is_group)
+            cached = self._chat_cache[key] = chat_settings_from_view(view, bot)
+        return cached
+
+    async def linked_email(self, bot: BotView | None, sender_id: str) -> str | None:
+        if bot is None:
+            return None
+        key = (bot.id, sender_id)
+        if key not in self._link_cache:
+            link = await self.users.get(bot.id, sender_id)
+            self._link_cache[key] = getattr(link, "onyx_user_email", None) if link else None
+        return self._link_cache[key]
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def open_config_lookup(settings: Settings) -> tuple[ConfigLookup, Any]:
+    """Connect to the database and build the lookup; returns it with the engine to dispose."""
+    from store.cache import BotDirectory
+    from store.crypto import SecretBox, resolve_encryption_key
+    from store.db import check_database, make_engine, session_factory
+    from store.repo import BotRepository, ChatConfigRepository, UserLinkRepository
+
+    await check_database(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url)
+    sessions = session_factory(engine)
+    box = SecretBox(resolve_encryption_key(settings))
+    bots = BotRepository(sessions, box)
+    directory = BotDirectory(bots, ttl_s=settings.bot_cache_ttl_s)
+    await directory.refresh(force=True)
+    lookup = ConfigLookup(
+        directory=directory,
+        chats=ChatConfigRepository(sessions),
+        users=UserLinkRepository(sessions),
+        ttl_s=settings.bot_cache_ttl_s,
+    )
+    return lookup, engine

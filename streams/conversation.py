@@ -1,0 +1,321 @@
+"""The conversation stage: dedupe, classify, keep per-chat state, emit answer requests.
+
+One agent reads three co-partitioned topics keyed ``tenant:chat`` — inbound messages, answer
+results and outbound results — so that everything about one conversation is handled in order by
+one partition owner, and the state table's changelog partition always matches the key's.
+
+Per chat, one answer request is in flight at a time; questions arriving meanwhile are queued in
+order and released when the result comes back. Local replies (commands, greetings, limits) are
+emitted straight to the outbound topic with deterministic ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import faust
+
+from onyx_wa import topics as t
+from onyx_wa.metrics import DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATENCY
+from streams import state as st
+from streams.addressing import reply_target, request_id_for
+from streams.app import StageContext
+from streams.classify import classify
+from streams.config import ChatSettings, ConfigLookup
+from streams.replies import reply_text
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_ACK = "feedback_thanks"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ms(value: Any) -> int:
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value or 0)
+
+
+class ConversationHandler:
+    """Pure-ish handling of one event for one chat; the agent persists state and sends."""
+
+    def __init__(self, ctx: StageContext, config: ConfigLookup) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.config = config
+        self.out: list[tuple[t.TopicSpec, bytes, dict[str, Any]]] = []
+
+    # --- helpers -----------------------------------------------------------------------------
+    def emit(self, spec: t.TopicSpec, key: str, value: dict[str, Any]) -> None:
+        self.out.append((spec, key.encode(), value))
+
+    def local_reply(
+        self, message: dict[str, Any], key: str, text_key: str, lang: str | None, **fmt: Any
+    ) -> None:
+        """A text reply that needs no answer backend, with an id derived from the message."""
+        from egress.outbound import text_outbound
+
+        request_id = request_id_for(message["tenant_id"], message["message_id"], text_key)
+        recipient, kind = reply_target(message)
+        body = reply_text(text_key, lang, **fmt)
+        for record in text_outbound(
+            request_id=request_id,
+            tenant_id=message["tenant_id"],
+            phone_number_id=message["phone_number_id"],
+            chat_id=message["chat_id"],
+            recipient=recipient,
+            recipient_kind=kind,
+            text=body,
+            reply_to=message["message_id"],
+        ):
+            self.emit(t.OUTBOUND, f"{message['tenant_id']}:{message['phone_number_id']}", record)
+
+    # --- inbound messages --------------------------------------------------------------------
+    async def on_inbound(self, key: str, message: dict[str, Any], state: st.State) -> None:
+        now = _now_ms()
+        ttl = int(self.settings.dedupe_ttl_s * 1000)
+        if st.is_duplicate(state, message["message_id"], now_ms=now, ttl_ms=ttl):
+            DUPLICATES.labels("conversation").inc()
+            return
+        state["last_user_at"] = max(state["last_user_at"], _ms(message.get("sent_at")))
+        bot = await self.config.bot(message["phone_number_id"])
+        chat = await self.config.chat(bot, message["chat_id"], message["chat_type"] == "group")
+        classified = classify(
+            message,
+            bot_message_ids=state["bot_msgs"],
+            chat_rule=chat.rule,
+            bot_phone=bot.display_phone_number if bot else None,
+            bot_names=bot.names if bot else (),
+        )
+        self.emit(t.CLASSIFIED, key, classified)
+        kind = classified["kind"]
+        lang = state["lang"]
+        if state["opted_out"] and not (kind == "command" and classified["command"] == "start"):
+            return
+        if kind == "question":
+            await self._question(key, message, classified["question"] or "", state, chat, bot)
+        elif kind == "command":
+            self._command(key, message, classified, state)
+        elif kind == "feedback":
+            self._feedback(key, message, classified, state)
+        elif kind in ("greeting", "thanks"):
+            self.local_reply(message, key, kind, lang)
+        elif kind == "media":
+            self.local_reply(message, key, f"media_{classified.get('reason') or 'other'}", lang)
+        elif kind == "unsupported":
+            self.local_reply(message, key, "unsupported", lang)
+
+    async def _question(
+        self,
+        key: str,
+        message: dict[str, Any],
+        question: str,
+        state: st.State,
+        chat: ChatSettings,
+        bot: Any,
+    ) -> None:
+        now = _now_ms()
+        if not st.within_user_quota(
+            state,
+            message["sender_id"],
+            now_ms=now,
+            per_minute=(bot.user_questions_per_minute if bot else None)
+            or self.settings.user_questions_per_minute,
+        ):
+            QUOTA_REJECTED.labels("user").inc()
+            self.local_reply(message, key, "quota_user", state["lang"])
+            return
+        recipient, kind = reply_target(message)
+        request = {
+            "request_id": request_id_for(message["tenant_id"], message["message_id"]),
+            "tenant_id": message["tenant_id"],
+            "phone_number_id": message["phone_number_id"],
+            "chat_id": message["chat_id"],
+            "chat_type": message["chat_type"],
+            "recipient": recipient,
+            "recipient_kind": kind,
+            "question_message_id": message["message_id"],
+            "sender_id": message["sender_id"],
+            "question": question,
+            "history": [],
+            "answer_backend": bot.answer_backend if bot else "local",
+            "onyx_chat_session_id": None,
+            "onyx_parent_message_id": None,
+            "persona_id": chat.persona_id,
+            "document_sets": list(chat.document_sets),
+            "source_types": list(chat.source_types),
+            "tags": list(chat.tags),
+            "time_cutoff_days": chat.time_cutoff_days,
+            "linked_user_email": await self.config.linked_email(bot, message["sender_id"]),
+            "language": state["lang"],
+            "show_sources": state["sources_on"] and chat.show_sources,
+            "created_at": now,
+        }
+        if request["request_id"] in state["answered"] or request["request_id"] == state["pending"]:
+            DUPLICATES.labels("conversation").inc()
+            return
+        if state["pending"]:
+            if len(state["queue"]) < st.QUEUE_LIMIT:
+                state["queue"].append(request)
+            else:
+                self.local_reply(message, key, "quota_user", state["lang"])
+            return
+        self._send_request(key, request, state)
+
+    def _send_request(self, key: str, request: dict[str, Any], state: st.State) -> None:
+        """Fill in the session and history at send time (they change while queued)."""
+        request = dict(request)
+        request["onyx_chat_session_id"] = state["session_id"]
+        request["onyx_parent_message_id"] = state["parent_message_id"]
+        request["history"] = (
+            [
+                {"role": role, "text": text}
+                for role, text in state["turns"][-2 * self.settings.history_turns :]
+            ]
+            if self.settings.history_turns
+            else []
+        )
+        state["pending"] = request["request_id"]
+        state["pending_question"] = request["question"]
+        self.emit(t.ANSWER_REQUESTS, key, request)
+
+    def _command(
+        self, key: str, message: dict[str, Any], classified: dict[str, Any], state: st.State
+    ) -> None:
+        name, arg = classified["command"], classified.get("command_arg")
+        if name == "reset":
+            st.reset_session(state)
+            self.local_reply(message, key, "reset", state["lang"])
+        elif name == "sources":
+            state["sources_on"] = (arg or "").lower() != "off"
+            self.local_reply(
+                message, key, "sources_on" if state["sources_on"] else "sources_off", state["lang"]
+            )
+        elif name == "lang" and arg:
+            state["lang"] = arg.lower()
+            self.local_reply(message, key, "lang_set", state["lang"], lang=arg.lower())
+        elif name == "stop":
+            state["opted_out"] = True
+            self.local_reply(message, key, "stop", state["lang"])
+        elif name == "start":
+            state["opted_out"] = False
+            self.local_reply(message, key, "start", state["lang"])
+        elif name == "forget":
+            lang = state["lang"]
+            fresh = st.new_state()
+            fresh["seen"] = state["seen"]  # keep dedupe memory: a redelivery must not re-trigger
+            state.clear()
+            state.update(fresh)
+            self.local_reply(message, key, "forget", lang)
+        else:
+            self.local_reply(message, key, "help", state["lang"])
+
+    def _feedback(
+        self, key: str, message: dict[str, Any], classified: dict[str, Any], state: st.State
+    ) -> None:
+        target = classified.get("feedback_target")
+        request_id = state["bot_msgs"].get(target, target)
+        self.emit(
+            t.FEEDBACK,
+            key,
+            {
+                "feedback_id": message["message_id"],
+                "tenant_id": message["tenant_id"],
+                "phone_number_id": message["phone_number_id"],
+                "chat_id": message["chat_id"],
+                "sender_id": message["sender_id"],
+                "request_id": request_id,
+                "onyx_message_id": state["answered"].get(request_id) if request_id else None,
+                "onyx_chat_session_id": state["session_id"],
+                "is_positive": bool(classified.get("feedback_positive")),
+                "text": None,
+                "source": "button" if message.get("interactive_id") else "reaction",
+                "at": _now_ms(),
+            },
+        )
+        if message.get("interactive_id"):
+            self.local_reply(message, key, FEEDBACK_ACK, state["lang"])
+
+    # --- answer results ----------------------------------------------------------------------
+    def on_answer(self, key: str, result: dict[str, Any], state: st.State) -> None:
+        question = state["pending_question"] if state["pending"] == result["request_id"] else ""
+        if not st.finish_request(state, result["request_id"], result.get("onyx_message_id")):
+            DUPLICATES.labels("conversation-results").inc()
+            return
+        if result["status"] == "ok":
+            if result.get("onyx_chat_session_id"):
+                state["session_id"] = result["onyx_chat_session_id"]
+            if result.get("onyx_message_id") is not None:
+                state["parent_message_id"] = result["onyx_message_id"]
+            st.add_turns(state, question, result.get("answer") or "", self.settings.history_turns)
+        if state["pending"] is None and state["queue"]:
+            self._send_request(key, state["queue"].pop(0), state)
+
+    def on_outbound_result(self, result: dict[str, Any], state: st.State) -> None:
+        if result["status"] == "sent" and result.get("wamid"):
+            st.remember_bot_message(state, result["wamid"], result["request_id"])
+
+
+def register(app: faust.App, ctx: StageContext) -> None:
+    settings = ctx.settings
+    table = app.Table(
+        "conversations",
+        default=None,
+        partitions=settings.partitions,
+        key_type=str,  # app defaults: raw keys, JSON values
+    )
+    ctx.resources["conversations"] = table
+    names = {
+        ctx.topics.name(t.INBOUND): "inbound",
+        ctx.topics.name(t.ANSWER_RESULTS): "answer",
+        ctx.topics.name(t.OUTBOUND_RESULTS): "outbound_result",
+    }
+    source = ctx.topics.merged(t.INBOUND, t.ANSWER_RESULTS, t.OUTBOUND_RESULTS)
+    idle_ms = int(settings.conversation_idle_ttl_s * 1000)
+
+    @app.agent(source, name="conversation")
+    async def conversation(stream: faust.StreamT) -> None:
+        config: ConfigLookup = ctx.resources["config"]
+        async for event in stream.events():
+            started = time.perf_counter()
+            key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+            value = event.value
+            origin = names.get(event.message.topic, "inbound")
+            handler = ConversationHandler(ctx, config)
+            state = st.load(table.get(key), now_ms=_now_ms(), idle_ttl_ms=idle_ms)
+            try:
+                if origin == "inbound":
+                    await handler.on_inbound(key, value, state)
+                elif origin == "answer":
+                    handler.on_answer(key, value, state)
+                else:
+                    handler.on_outbound_result(value, state)
+            except Exception as exc:  # never stall the partition on one bad event
+                log.exception("conversation stage failed on %s event", origin)
+                from streams.preprocess import invalid_record
+
+                await ctx.topics.of(t.INVALID).send(
+                    key=key.encode(),
+                    value=invalid_record(
+                        "conversation",
+                        f"{type(exc).__name__}: {exc}",
+                        json.dumps(value, default=str).encode(),
+                        event.message.topic,
+                    ),
+                )
+                STAGE_EVENTS.labels("conversation", "error").inc()
+                continue
+            state["updated_at"] = _now_ms()
+            table[key] = state
+            for spec, out_key, record in handler.out:
+                await ctx.topics.of(spec).send(key=out_key, value=record)
+            STAGE_EVENTS.labels("conversation", origin).inc()
+            STAGE_LATENCY.labels("conversation").observe(time.perf_counter() - started)

@@ -1,0 +1,157 @@
+"""A whole pipeline in one test session: simulator, ingress, one worker with every role.
+
+Why session-scoped: a Faust worker's group join costs seconds; paying it per test would make the
+suite slow. Tests stay independent by using their own tenant and phone number (and so their own
+keys, partitions' state and simulator recipients), never another test's leftovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from onyx_wa.broker import free_port
+from onyx_wa.settings import Settings, load_settings
+
+_numbers = itertools.count(int(time.time()) % 1_000_000 * 1000 + 100_000_000_000)
+
+
+@dataclass
+class TestBot:
+    tenant_id: str
+    phone_number_id: str
+    app_secret: str
+    verify_token: str
+    access_token: str
+    display_phone_number: str
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    http: aiohttp.ClientSession
+    runners: list[web.AppRunner] = field(default_factory=list)
+    worker: Any = None
+    ingress_close: Any = None
+
+    @property
+    def sim_url(self) -> str:
+        return self.settings.graph_base_url
+
+    async def add_bot(self, **overrides: Any) -> TestBot:
+        from onyx_wa.bots import add_bot
+
+        suffix = uuid.uuid4().hex[:8]
+        bot = TestBot(
+            tenant_id=overrides.pop("tenant_id", f"t-{suffix}"),
+            phone_number_id=str(next(_numbers)),
+            app_secret=f"secret-{suffix}",
+            verify_token=f"verify-{suffix}",
+            access_token=f"token-{suffix}",
+            display_phone_number=str(next(_numbers))[-11:],
+        )
+        await add_bot(
+            self.settings,
+            tenant_id=bot.tenant_id,
+            phone_number_id=bot.phone_number_id,
+            app_secret=bot.app_secret,
+            verify_token=bot.verify_token,
+            access_token=bot.access_token,
+            display_phone_number=bot.display_phone_number,
+            name=f"Bot {suffix}",
+            **overrides,
+        )
+        return bot
+
+    def meta(self, bot: TestBot) -> Any:
+        from sim.meta import MetaWebhookSender
+
+        return MetaWebhookSender(
+            self.settings.ingress_url, {bot.phone_number_id: bot.app_secret}, self.http
+        )
+
+    async def sent_to(self, recipient: str) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.sim_url}/_sim/messages") as resp:
+            messages = await resp.json()
+        return [m for m in messages if recipient in (m.get("to"), m.get("recipient"))]
+
+    async def wait_for(
+        self, recipient: str, count: int, timeout_s: float = 30.0, settle_s: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """Messages sent to ``recipient`` once at least ``count`` arrived (then a quiet period
+        so that a duplicate would show up too)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = await self.sent_to(recipient)
+            if len(got) >= count:
+                await asyncio.sleep(settle_s)
+                return await self.sent_to(recipient)
+            if time.monotonic() > deadline:
+                return got
+            await asyncio.sleep(0.1)
+
+
+async def start_pipeline(bootstrap: str, data_dir: Path, database_url: str | None) -> Pipeline:
+    from sim.whatsapp import build_sim_app
+    from store.migrate import upgrade
+    from streams.worker import Worker
+
+    sim_port = free_port()
+    ingress_port = free_port()
+    settings = load_settings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_prefix=f"e2e{uuid.uuid4().hex[:8]}",
+        partitions=4,
+        kafka_session_timeout_s=6.0,
+        data_dir=data_dir,
+        database_url=database_url,
+        encryption_key=_fernet_key(),
+        sim_port=sim_port,
+        ingress_port=ingress_port,
+        bot_cache_ttl_s=0.2,
+        user_questions_per_minute=1000,
+    )
+    await asyncio.to_thread(upgrade, settings.sqlalchemy_url)
+    http = aiohttp.ClientSession()
+    pipeline = Pipeline(settings=settings, http=http)
+    sim_runner = web.AppRunner(build_sim_app(validator=_validator()), access_log=None)
+    await sim_runner.setup()
+    await web.TCPSite(sim_runner, "127.0.0.1", sim_port).start()
+    pipeline.runners.append(sim_runner)
+    from ingress.app import start_ingress
+
+    pipeline.ingress_close = await start_ingress(settings, host="127.0.0.1", port=ingress_port)
+    pipeline.worker = Worker(settings)
+    await pipeline.worker.start()
+    await pipeline.worker.wait_ready(timeout_s=60)
+    return pipeline
+
+
+async def stop_pipeline(pipeline: Pipeline) -> None:
+    if pipeline.worker is not None:
+        await pipeline.worker.stop()
+    if pipeline.ingress_close is not None:
+        await pipeline.ingress_close()
+    for runner in pipeline.runners:
+        await runner.cleanup()
+    await pipeline.http.close()
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def _validator() -> Any:
+    from sim.spec import load_validator
+
+    return load_validator()

@@ -1,0 +1,110 @@
+"""End to end through real sockets: signed webhook → ingress → Kafka → Faust → simulator.
+
+One pipeline (simulator, ingress, one worker with every role) serves the whole module; each test
+has its own bot (tenant, number, secrets) so tests never see each other's messages or state.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.addressing import request_id_for
+from tests.pipeline_harness import start_pipeline, stop_pipeline
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+async def pipeline(kafka_target, tmp_path_factory):
+    import os
+
+    pipe = await start_pipeline(
+        kafka_target.bootstrap_servers,
+        tmp_path_factory.mktemp("e2e"),
+        os.environ.get("ONYX_WA_E2E_DATABASE_URL"),
+    )
+    try:
+        yield pipe
+    finally:
+        await stop_pipeline(pipe)
+
+
+async def test_question_gets_a_cited_threaded_reply(pipeline):
+    bot = await pipeline.add_bot()
+    user = "15550000001"
+    wamid = await pipeline.meta(bot).send_text(
+        bot.phone_number_id, user, "How many vacation days do I get?"
+    )
+    replies = await pipeline.wait_for(user, 1)
+    assert len(replies) == 1, replies
+    reply = replies[0]
+    assert reply["context"] == wamid
+    assert "[1]" in reply["body"] and "Sources" in reply["body"]
+    assert reply["phone_number_id"] == bot.phone_number_id
+
+
+async def test_duplicate_deliveries_are_answered_once(pipeline):
+    bot = await pipeline.add_bot()
+    user = "15550000002"
+    meta = pipeline.meta(bot)
+    body, wamid = meta.build_text_body(bot.phone_number_id, user, "How do I connect to the VPN?")
+    for _ in range(3):
+        assert await meta.post(body) == 200
+    replies = await pipeline.wait_for(user, 1, settle_s=3.0)
+    assert [r["context"] for r in replies] == [wamid]
+
+
+async def test_commands_and_greetings_answer_locally(pipeline):
+    bot = await pipeline.add_bot()
+    user = "15550000003"
+    meta = pipeline.meta(bot)
+    help_id = await meta.send_text(bot.phone_number_id, user, "/help")
+    replies = await pipeline.wait_for(user, 1)
+    assert replies[0]["context"] == help_id and "/reset" in replies[0]["body"]
+    hi = await meta.send_text(bot.phone_number_id, user, "hello")
+    replies = await pipeline.wait_for(user, 2)
+    assert any(r["context"] == hi for r in replies)
+
+
+async def test_follow_up_uses_the_conversation(pipeline):
+    bot = await pipeline.add_bot()
+    user = "15550000004"
+    meta = pipeline.meta(bot)
+    await meta.send_text(bot.phone_number_id, user, "How many vacation days do I get?")
+    await pipeline.wait_for(user, 1)
+    follow = await meta.send_text(bot.phone_number_id, user, "and how do I request them?")
+    replies = await pipeline.wait_for(user, 2)
+    assert any(r["context"] == follow for r in replies)
+    table = pipeline.worker.ctx.resources["conversations"]
+    state = table.get(f"{bot.tenant_id}:{user}".encode()) or table.get(f"{bot.tenant_id}:{user}")
+    assert state is not None and len(state["turns"]) == 4
+
+
+async def test_group_message_mentioning_the_bot_is_answered_in_the_group(pipeline):
+    bot = await pipeline.add_bot()
+    group = "120363000000000777"
+    meta = pipeline.meta(bot)
+    wamid = await meta.send_text(
+        bot.phone_number_id,
+        "15550000005",
+        f"@{bot.display_phone_number} how do I report a security incident?",
+        group_id=group,
+        mentions=[bot.display_phone_number],
+    )
+    replies = await pipeline.wait_for(group, 1)
+    assert replies and replies[0]["context"] == wamid
+    assert replies[0]["payload"]["recipient_type"] == "group"
+
+
+async def test_feedback_tap_is_acknowledged(pipeline):
+    bot = await pipeline.add_bot()
+    user = "15550000006"
+    meta = pipeline.meta(bot)
+    question = await meta.send_text(bot.phone_number_id, user, "How do I connect to the VPN?")
+    await pipeline.wait_for(user, 1)
+    ref = request_id_for(bot.tenant_id, question)
+    tap = await meta.send_button_reply(
+        bot.phone_number_id, user, f"fb:{bot.tenant_id}:{ref}:up", "👍 Helpful"
+    )
+    replies = await pipeline.wait_for(user, 2)
+    assert any(r["context"] == tap for r in replies)

@@ -135,13 +135,16 @@ class LocalAnswerBackend:
         chosen.sort(key=lambda s: (-s[1], -s[2]))  # reading order
         numbers: dict[str, int] = {}
         sources: list[Source] = []
-        parts = []
-        for _, _, _, sentence, hit in chosen:
+        parts: list[str] = []
+        for i, (_, _, _, sentence, hit) in enumerate(chosen):
             if hit.document_id not in numbers:
                 numbers[hit.document_id] = len(numbers) + 1
                 sources.append(self._source(numbers[hit.document_id], hit))
-            n = numbers[hit.document_id]
-            parts.append(f"{sentence} [[{n}]]({hit.link})")
+            following = chosen[i + 1][4].document_id if i + 1 < len(chosen) else None
+            if following == hit.document_id:
+                parts.append(sentence)  # cite once, after the last sentence from this document
+            else:
+                parts.append(f"{sentence} [[{numbers[hit.document_id]}]]({hit.link})")
         return " ".join(parts), sources
 
     async def aclose(self) -> None:

@@ -192,4 +192,3 @@ def register(app: faust.App, ctx: StageContext) -> None:
             result = await service.answer(request)
             await results.send(key=key, value=result)
             STAGE_EVENTS.labels("answers", result["status"]).inc()
-

@@ -261,4 +261,3 @@ def register(app: faust.App, ctx: StageContext) -> None:
             task.add_done_callback(pending.discard)
             while len(pending) >= settings.send_concurrency:
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-

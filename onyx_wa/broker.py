@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,16 @@ class EmbeddedBroker:
     async def _wait_ready(self) -> None:
         from onyx_wa.kafka import wait_for_broker
 
+        # aiokafka logs every refused connection at ERROR while the broker boots: expected here
+        quiet = logging.getLogger("aiokafka")
+        previous = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            await self._poll_ready(wait_for_broker)
+        finally:
+            quiet.setLevel(previous)
+
+    async def _poll_ready(self, wait_for_broker: Any) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
             if not self.running():

@@ -321,9 +321,11 @@ def demo(
     keep_running: bool = typer.Option(False, help="Leave the stack up after the script."),
 ) -> None:
     """Start the embedded stack, play a scripted conversation, print the transcript."""
+    import os
+
     from onyx_wa.demo import run_demo
 
-    settings = settings_from_env()
+    settings = settings_from_env(log_level=None if "ONYX_WA_LOG_LEVEL" in os.environ else "WARNING")
     ok = asyncio.run(run_demo(settings, keep_running=keep_running))
     raise typer.Exit(0 if ok else 1)
 

@@ -10,6 +10,7 @@ the demo never collides with a running ``onyx-wa up`` and leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -146,11 +147,8 @@ async def run_demo(base: Settings, *, keep_running: bool = False, timeout_s: flo
     finally:
         if keep_running:
             print("stack left running; Ctrl-C to stop", flush=True)
-            try:
-                while True:
-                    await asyncio.sleep(3600)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                pass
+            with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+                await asyncio.Event().wait()
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -150,6 +150,20 @@ class Settings(BaseSettings):
         return self.public_ingress_url or f"http://127.0.0.1:{self.ingress_port}/webhooks/whatsapp"
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        key = {
+            "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+            "database_url": "DATABASE_URL",
+        }.get(name, f"ONYX_WA_{name.upper()}")
+        env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
 class SettingsError(RuntimeError):
     """Raised with a one-line, human message when settings do not validate."""
 

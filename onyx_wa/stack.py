@@ -25,7 +25,7 @@ import aiohttp
 from onyx_wa.broker import EmbeddedBroker, port_is_free
 from onyx_wa.kafka import ensure_pipeline_topics, wait_for_broker
 from onyx_wa.runtime import StartupError, wait_stop
-from onyx_wa.settings import Settings
+from onyx_wa.settings import Settings, settings_env
 
 
 async def serve_broker(settings: Settings, stop: asyncio.Event, *, create_topics: bool) -> None:
@@ -183,9 +183,7 @@ class EmbeddedStack:
         except BaseException:
             self.stop()
             raise
-        env = {**os.environ, "ONYX_WA_DATA_DIR": str(s.data_dir)}
-        for name, port in self._ports().items():
-            env[name] = str(port)
+        env = {**os.environ, **settings_env(s)}
         host = s.ingress_host
         self.children = [
             Child("worker", ["worker"], f"http://{host}:{s.worker_web_port}/readyz"),

@@ -109,6 +109,21 @@ class Settings(BaseSettings):
         default=None, description="token=role[:tenant], comma-separated (operator|tenant)."
     )
 
+    @field_validator(
+        "kafka_bootstrap_servers",
+        "database_url",
+        "encryption_key",
+        "graph_api_url",
+        "public_ingress_url",
+        "admin_tokens",
+        "corpus_dir",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``VAR=`` in a shell or compose file means "not set", not "the empty string"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:

@@ -184,6 +184,14 @@ class EmbeddedStack:
             self.stop()
             raise
         env = {**os.environ, **settings_env(s)}
+        for alias, value in (
+            ("KAFKA_BOOTSTRAP_SERVERS", s.kafka_bootstrap_servers),
+            ("DATABASE_URL", s.database_url),
+            ("ONYX_WA_ENCRYPTION_KEY", s.encryption_key),
+            ("ONYX_WA_GRAPH_API_URL", s.graph_api_url),
+        ):
+            if value is None:
+                env.pop(alias, None)  # unset here means unset in the children too
         host = s.ingress_host
         self.children = [
             Child("worker", ["worker"], f"http://{host}:{s.worker_web_port}/readyz"),

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from streams.replies import reply_text
-
 from egress.compose import render_answer, text_message
 from streams.addressing import outbound_id_for
+from streams.replies import reply_text
 
 
 def _addressing(recipient: str, recipient_kind: str) -> dict[str, Any]:

@@ -77,6 +77,9 @@ class IngressMetrics:
         )
 
 
+METRICS_KEY = web.AppKey("metrics", IngressMetrics)
+
+
 def _numbers(doc: Any) -> list[str] | None:
     """Every metadata.phone_number_id in the body, in order; None if not a WhatsApp object."""
     if not isinstance(doc, dict) or doc.get("object") != "whatsapp_business_account":
@@ -108,7 +111,7 @@ def build_ingress_app(
     metrics = IngressMetrics()
     floods: dict[str, TokenBucket] = {}
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app["metrics"] = metrics
+    app[METRICS_KEY] = metrics
 
     def done(outcome: str, tenant: str = "-") -> None:
         metrics.requests.labels(outcome, tenant).inc()

@@ -51,7 +51,7 @@ class RawPublisher:
         if self._producer is None:
             await self.start()
         assert self._producer is not None
-        value = self._codec.encode("RawWebhook", record)
+        value = self._codec.encode("RawWebhook", record, validate=False)
         topic = self.raw_topic if routed else self.unrouted_topic
         try:
             future = await asyncio.wait_for(

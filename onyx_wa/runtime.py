@@ -30,7 +30,12 @@ def run_service(service: Service) -> None:
                 loop.add_signal_handler(sig, stop.set)
         await service(stop)
 
-    asyncio.run(main())
+    try:  # uvloop: a faster event loop where available (Linux/macOS); the stdlib loop otherwise
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 async def wait_stop(stop: asyncio.Event, *tasks: asyncio.Future) -> None:

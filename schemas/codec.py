@@ -156,14 +156,17 @@ class AvroCodec:
         except KeyError:
             raise CodecError(f"unknown record {record_name!r}") from None
 
-    def encode(self, record_name: str, record: dict[str, Any]) -> bytes:
+    def encode(
+        self, record_name: str, record: dict[str, Any], *, validate: bool | None = None
+    ) -> bytes:
+        """Encode ``record``; ``validate=False`` skips the type check for records built by
+        trusted code on a hot path (fastavro still rejects structurally wrong records)."""
         schema = self.parsed_schema(record_name)
+        check = self.validate if validate is None else validate
         out = io.BytesIO()
         out.write(_HEADER.pack(MAGIC, self._ids[record_name]))
         try:
-            if self.validate and not fastavro.validation.validate(
-                record, schema, raise_errors=False
-            ):
+            if check and not fastavro.validation.validate(record, schema, raise_errors=False):
                 raise ValueError("record does not match its schema")
             fastavro.schemaless_writer(out, schema, record, strict_allow_default=True)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:

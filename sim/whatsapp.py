@@ -79,6 +79,9 @@ class SimState:
     clock: Any = time.monotonic
 
 
+SIM_KEY = web.AppKey("sim", SimState)
+
+
 def _recipient(payload: dict[str, Any]) -> str:
     return str(payload.get("to") or payload.get("recipient") or "")
 
@@ -112,7 +115,7 @@ def build_sim_app(
         pair_burst=pair_burst,
     )
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    app["sim"] = state
+    app[SIM_KEY] = state
     app.router.add_post(r"/{version:v\d+\.\d+}/{pnid}/messages", send)
     app.router.add_get(r"/{version:v\d+\.\d+}/{media_id}", media_info)
     app.router.add_get("/_sim/media/{token}", media_download)
@@ -140,7 +143,7 @@ def _auth(request: web.Request, state: SimState, pnid: str | None) -> web.Respon
 
 
 async def send(request: web.Request) -> web.Response:
-    state: SimState = request.app["sim"]
+    state: SimState = request.app[SIM_KEY]
     pnid = request.match_info["pnid"]
     denied = _auth(request, state, pnid)
     if denied is not None:
@@ -218,7 +221,7 @@ async def send(request: web.Request) -> web.Response:
 
 
 async def list_messages(request: web.Request) -> web.Response:
-    state: SimState = request.app["sim"]
+    state: SimState = request.app[SIM_KEY]
     since = request.query.get("since")
     messages = [m for m in state.messages if not since or m["time"] > since]
     return web.Response(
@@ -227,16 +230,16 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 async def clear_messages(request: web.Request) -> web.Response:
-    request.app["sim"].messages.clear()
+    request.app[SIM_KEY].messages.clear()
     return web.json_response({"cleared": True})
 
 
 async def list_actions(request: web.Request) -> web.Response:
-    return web.json_response(request.app["sim"].actions)
+    return web.json_response(request.app[SIM_KEY].actions)
 
 
 async def set_faults(request: web.Request) -> web.Response:
-    state: SimState = request.app["sim"]
+    state: SimState = request.app[SIM_KEY]
     try:
         spec = await request.json()
         codes = {int(k): float(v) for k, v in (spec.get("codes") or {}).items()}
@@ -254,13 +257,13 @@ async def set_faults(request: web.Request) -> web.Response:
 
 
 async def clear_faults(request: web.Request) -> web.Response:
-    request.app["sim"].faults = Faults()
+    request.app[SIM_KEY].faults = Faults()
     return web.json_response({"faults": {}})
 
 
 async def set_number(request: web.Request) -> web.Response:
     """Per-number settings, e.g. {"throughput_per_s": 1000} for a higher-tier number."""
-    state: SimState = request.app["sim"]
+    state: SimState = request.app[SIM_KEY]
     body = await request.json()
     state.number_rates[request.match_info["pnid"]] = float(body["throughput_per_s"])
     return web.json_response({"ok": True})
@@ -268,7 +271,7 @@ async def set_number(request: web.Request) -> web.Response:
 
 async def media_upload(request: web.Request) -> web.Response:
     """Test helper: store bytes as an inbound media object."""
-    state: SimState = request.app["sim"]
+    state: SimState = request.app[SIM_KEY]
     data = await request.read()
     media_id = str(uuid.uuid4().int)[:16]
     state.media[media_id] = {
@@ -280,7 +283,7 @@ async def media_upload(request: web.Request) -> web.Response:
 
 
 async def media_info(request: web.Request) -> web.Response:
-    state: SimState = request.app["sim"]
+    state: SimState = request.app[SIM_KEY]
     denied = _auth(request, state, None)
     if denied is not None:
         return denied
@@ -303,7 +306,7 @@ async def media_info(request: web.Request) -> web.Response:
 
 
 async def media_download(request: web.Request) -> web.Response:
-    state: SimState = request.app["sim"]
+    state: SimState = request.app[SIM_KEY]
     denied = _auth(request, state, None)
     if denied is not None:
         return denied

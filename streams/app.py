@@ -17,12 +17,12 @@ from typing import Any
 
 import faust
 from faust.serializers import codecs
-from schemas.codec import get_codec
-from schemas.faust_codec import register_faust_codecs
 
 from onyx_wa import topics as t
 from onyx_wa.kafka import faust_broker_settings
 from onyx_wa.settings import Settings
+from schemas.codec import get_codec
+from schemas.faust_codec import register_faust_codecs
 
 ROLES = ("streams", "answers", "egress")
 

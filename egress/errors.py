@@ -41,7 +41,8 @@ def classify(code: int | None, http_status: int | None = None) -> ErrorAction:
 
 
 def backoff_s(code: int | None, attempt: int, *, base_s: float = 0.5) -> float:
-    """Delay before retry ``attempt`` (1-based): 4^n s for the pair rate, else full jitter."""
+    """Delay after failed ``attempt`` (1-based): 4^(n-1) s (1, 4, 16…) for the pair rate limit,
+    as Meta advises; exponential with full jitter otherwise."""
     if code == PAIR_RATE:
-        return min(MAX_BACKOFF_S, 4.0**attempt)
+        return min(MAX_BACKOFF_S, 4.0 ** (attempt - 1))
     return random.uniform(0, min(MAX_BACKOFF_S, base_s * 2 ** (attempt - 1)))  # noqa: S311

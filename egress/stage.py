@@ -37,9 +37,6 @@ from streams.app import StageContext
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_ATTEMPTS = 6
-PAUSE_RECHECK_S = 30.0
-
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -149,7 +146,7 @@ class Sender:
         while True:
             attempt += 1
             while pnid in self.paused:
-                await asyncio.sleep(PAUSE_RECHECK_S)
+                await asyncio.sleep(self.settings.pause_recheck_s)
                 self.paused.discard(pnid)  # re-probe: the next failure pauses again
                 PAUSED_BOTS.set(len(self.paused))
             waited = await self.bucket_for(pnid, rate).acquire()
@@ -175,7 +172,7 @@ class Sender:
                 # one case where a duplicate is possible, and it is counted.)
                 self.sent[outbound_id] = {"state": "retrying", "at": _now_ms()}
                 SENDS.labels("error", str(err.code)).inc()
-                if err.action is ErrorAction.RETRY and attempt < MAX_RETRY_ATTEMPTS:
+                if err.action is ErrorAction.RETRY and attempt < self.settings.send_max_attempts:
                     await asyncio.sleep(backoff_s(err.code, attempt))
                     continue
                 if err.action is ErrorAction.PAUSE:

@@ -52,8 +52,11 @@ class Faults:
     codes: dict[int, float] = field(default_factory=dict)  # code (or HTTP 5xx) -> probability
     latency_ms: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
+    sequence: deque[int] = field(default_factory=deque)  # exact codes for the next sends
 
     def pick(self) -> int | None:
+        if self.sequence:
+            return self.sequence.popleft()
         for code, rate in self.codes.items():
             if self.rng.random() < rate:
                 return code
@@ -250,7 +253,12 @@ async def set_faults(request: web.Request) -> web.Response:
         )
     if any(not 0 <= r <= 1 for r in codes.values()):
         return web.json_response({"error": "rates must be between 0 and 1"}, status=400)
-    state.faults = Faults(codes=codes, latency_ms=latency, rng=random.Random(spec.get("seed")))
+    state.faults = Faults(
+        codes=codes,
+        latency_ms=latency,
+        rng=random.Random(spec.get("seed")),
+        sequence=deque(int(c) for c in spec.get("sequence") or []),
+    )
     return web.json_response(
         {"faults": {str(k): v for k, v in codes.items()}, "latency_ms": latency}
     )

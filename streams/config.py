@@ -8,12 +8,15 @@ chat configs are memoized per chat; both are dropped when the store's config ver
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from onyx_wa.settings import Settings
 from streams.classify import ChatRule
+
+MISS_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class ConfigLookup:
     _link_cache: dict[tuple[Any, str], str | None] = field(default_factory=dict)
     _version: int | None = None
     _checked: float = 0.0
+    _forced: float = 0.0
+    _refreshing: asyncio.Future[Any] | None = None
 
     async def _maybe_invalidate(self) -> None:
         now = time.monotonic()
@@ -107,6 +112,21 @@ class ConfigLookup:
     async def bot(self, phone_number_id: str) -> BotView | None:
         await self._maybe_invalidate()
         config = await self.directory.get(phone_number_id)
+        if config is None:
+            # a number we do not know yet may be a bot added a moment ago: look again now
+            # rather than wait for the cache TTL and drop its work. Concurrent misses share one
+            # refresh, and a refresh is forced at most once a second.
+            if self._refreshing is None and time.monotonic() - self._forced > MISS_REFRESH_S:
+                self._forced = time.monotonic()
+                self._refreshing = asyncio.ensure_future(self.directory.refresh(force=True))
+            if self._refreshing is not None:
+                try:
+                    await asyncio.shield(self._refreshing)
+                finally:
+                    if self._refreshing is not None and self._refreshing.done():
+                        self._refreshing = None
+                        self._version = None
+                config = await self.directory.get(phone_number_id)
         return BotView(config) if config is not None else None
 
     async def chat(self, bot: BotView | None, chat_id: str, is_group: bool) -> ChatSettings:

@@ -99,7 +99,9 @@ class Pipeline:
             await asyncio.sleep(0.1)
 
 
-async def start_pipeline(bootstrap: str, data_dir: Path, database_url: str | None) -> Pipeline:
+async def start_pipeline(
+    bootstrap: str, data_dir: Path, database_url: str | None, **overrides: Any
+) -> Pipeline:
     from sim.whatsapp import build_sim_app
     from store.migrate import upgrade
     from streams.worker import Worker
@@ -118,6 +120,7 @@ async def start_pipeline(bootstrap: str, data_dir: Path, database_url: str | Non
         ingress_port=ingress_port,
         bot_cache_ttl_s=0.2,
         user_questions_per_minute=1000,
+        **overrides,
     )
     await asyncio.to_thread(upgrade, settings.sqlalchemy_url)
     http = aiohttp.ClientSession()

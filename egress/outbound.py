@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from egress.compose import render_answer, text_message
+from egress.compose import feedback_buttons, render_answer, sources_list, text_message
 from streams.addressing import outbound_id_for
 from streams.replies import reply_text
 
@@ -81,7 +81,7 @@ def answer_outbound(result: dict[str, Any], *, top_n: int) -> list[dict[str, Any
             show_sources=bool(result.get("show_sources", True)),
             top_n=top_n,
         )
-    return text_outbound(
+    records = text_outbound(
         request_id=result["request_id"],
         tenant_id=result["tenant_id"],
         phone_number_id=result["phone_number_id"],
@@ -91,3 +91,53 @@ def answer_outbound(result: dict[str, Any], *, top_n: int) -> list[dict[str, Any
         text=parts,
         reply_to=result["question_message_id"],
     )
+    if result["status"] == "ok" and result["recipient_kind"] != "group":
+        records += interactive_extras(result, top_n=top_n)
+    return records
+
+
+def interactive_extras(result: dict[str, Any], *, top_n: int) -> list[dict[str, Any]]:
+    """After an answer in a 1:1 chat: a list of all sources when there are more than the footer
+    shows, then 👍/👎 buttons (ids carry tenant and request). Groups get neither: WhatsApp does
+    not allow interactive messages there (users react with 👍/👎 instead)."""
+    to = None if result["recipient_kind"] == "bsuid" else result["recipient"]
+    recipient = result["recipient"] if result["recipient_kind"] == "bsuid" else None
+    payloads: list[tuple[str, dict[str, Any]]] = []
+    sources = [SimpleNamespace(**s) for s in result.get("citations") or []]
+    if result.get("show_sources", True) and len(sources) > top_n:
+        payloads.append(
+            (
+                "sources",
+                sources_list(
+                    to, body="All sources of this answer", sources=sources, recipient=recipient
+                ),
+            )
+        )
+    payloads.append(
+        (
+            "feedback",
+            feedback_buttons(
+                to,
+                body=reply_text("feedback_prompt", result.get("language")),
+                answer_ref=result["request_id"],
+                tenant_id=result["tenant_id"],
+                recipient=recipient,
+            ),
+        )
+    )
+    now = int(time.time() * 1000)
+    return [
+        {
+            "outbound_id": outbound_id_for(result["request_id"], name),
+            "request_id": result["request_id"],
+            "part_index": 0,
+            "part_count": 1,
+            "tenant_id": result["tenant_id"],
+            "phone_number_id": result["phone_number_id"],
+            "chat_id": result["chat_id"],
+            "kind": "interactive",
+            "payload_json": json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+            "created_at": now,
+        }
+        for name, payload in payloads
+    ]

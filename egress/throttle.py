@@ -55,7 +55,9 @@ class TokenBucket:
 class RecipientPacer:
     """Per-recipient pacing for the pair rate limit (~1 message / 6 s, short bursts allowed)."""
 
-    def __init__(self, per_message_s: float = 6.0, burst: int = 5, max_recipients: int = 100_000):
+    def __init__(
+        self, per_message_s: float = 6.0, burst: int = 10, max_recipients: int = 100_000
+    ) -> None:
         self.per_message_s = per_message_s
         self.burst = burst
         self.max_recipients = max_recipients

@@ -35,12 +35,17 @@ async def test_question_gets_a_cited_threaded_reply(pipeline):
     wamid = await pipeline.meta(bot).send_text(
         bot.phone_number_id, user, "How many vacation days do I get?"
     )
-    replies = await pipeline.wait_for(user, 1)
-    assert len(replies) == 1, replies
-    reply = replies[0]
+    replies = await pipeline.wait_for(user, 2)
+    texts = [r for r in replies if r["type"] == "text"]
+    assert len(texts) == 1, replies
+    reply = texts[0]
     assert reply["context"] == wamid
     assert "[1]" in reply["body"] and "Sources" in reply["body"]
     assert reply["phone_number_id"] == bot.phone_number_id
+    [buttons] = [r for r in replies if r["type"] == "interactive"]
+    ids = [b["reply"]["id"] for b in buttons["payload"]["interactive"]["action"]["buttons"]]
+    ref = request_id_for(bot.tenant_id, wamid)
+    assert ids == [f"fb:{bot.tenant_id}:{ref}:up", f"fb:{bot.tenant_id}:{ref}:down"]
 
 
 async def test_duplicate_deliveries_are_answered_once(pipeline):
@@ -50,8 +55,9 @@ async def test_duplicate_deliveries_are_answered_once(pipeline):
     body, wamid = meta.build_text_body(bot.phone_number_id, user, "How do I connect to the VPN?")
     for _ in range(3):
         assert await meta.post(body) == 200
-    replies = await pipeline.wait_for(user, 1, settle_s=3.0)
-    assert [r["context"] for r in replies] == [wamid]
+    replies = await pipeline.wait_for(user, 2, settle_s=3.0)
+    assert [r["context"] for r in replies if r["type"] == "text"] == [wamid]
+    assert len(replies) == 2  # the answer and its feedback buttons, once
 
 
 async def test_commands_and_greetings_answer_locally(pipeline):
@@ -71,9 +77,9 @@ async def test_follow_up_uses_the_conversation(pipeline):
     user = "15550000004"
     meta = pipeline.meta(bot)
     await meta.send_text(bot.phone_number_id, user, "How many vacation days do I get?")
-    await pipeline.wait_for(user, 1)
+    await pipeline.wait_for(user, 2)
     follow = await meta.send_text(bot.phone_number_id, user, "and how do I request them?")
-    replies = await pipeline.wait_for(user, 2)
+    replies = await pipeline.wait_for(user, 4)
     assert any(r["context"] == follow for r in replies)
     table = pipeline.worker.ctx.resources["conversations"]
     state = table.get(f"{bot.tenant_id}:{user}".encode()) or table.get(f"{bot.tenant_id}:{user}")
@@ -91,8 +97,8 @@ async def test_group_message_mentioning_the_bot_is_answered_in_the_group(pipelin
         group_id=group,
         mentions=[bot.display_phone_number],
     )
-    replies = await pipeline.wait_for(group, 1)
-    assert replies and replies[0]["context"] == wamid
+    replies = await pipeline.wait_for(group, 1, settle_s=2.0)
+    assert len(replies) == 1 and replies[0]["context"] == wamid  # no buttons in groups
     assert replies[0]["payload"]["recipient_type"] == "group"
 
 
@@ -101,10 +107,10 @@ async def test_feedback_tap_is_acknowledged(pipeline):
     user = "15550000006"
     meta = pipeline.meta(bot)
     question = await meta.send_text(bot.phone_number_id, user, "How do I connect to the VPN?")
-    await pipeline.wait_for(user, 1)
+    await pipeline.wait_for(user, 2)
     ref = request_id_for(bot.tenant_id, question)
     tap = await meta.send_button_reply(
         bot.phone_number_id, user, f"fb:{bot.tenant_id}:{ref}:up", "👍 Helpful"
     )
-    replies = await pipeline.wait_for(user, 2)
+    replies = await pipeline.wait_for(user, 3)
     assert any(r["context"] == tap for r in replies)

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -73,8 +74,14 @@ def outbound_result(
 class Sender:
     """Sends one outbound message with throttling, retries and pause handling."""
 
-    def __init__(self, ctx: StageContext, sent: Any) -> None:
+    def __init__(
+        self, ctx: StageContext, sent: Any, durable: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.ctx = ctx
+        # makes the table's changelog writes durable (flushes the producer): the "sending"
+        # mark must be on the broker *before* the Graph call, or a kill -9 right after the
+        # call forgets it and the restarted worker sends again (measured: 2 of 60 duplicated)
+        self.durable = durable
         self.settings = ctx.settings
         self.sent = sent
         self.graph = GraphClient(
@@ -154,6 +161,8 @@ class Sender:
                 waited += await self.pacer.acquire(f"{pnid}:{message['chat_id']}")
             THROTTLE_WAIT.observe(waited)
             self.sent[outbound_id] = {"state": "sending", "at": _now_ms()}
+            if self.durable is not None:
+                await self.durable()
             try:
                 async with self.slots:
                     if message["kind"] == "read_typing":
@@ -226,7 +235,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
         partitions=settings.partitions,
         key_type=str,  # app defaults: raw keys, JSON values
     )
-    sender = Sender(ctx, sent)
+    sender = Sender(ctx, sent, durable=lambda: app.producer.flush())
     ctx.resources["sender"] = sender
     results = ctx.topics.of(t.ANSWER_RESULTS)
     outbound = ctx.topics.of(t.OUTBOUND)

@@ -33,6 +33,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(bots_app, name="bots")
 topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+dlq_app = typer.Typer(help="The outbound dead-letter queue.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -136,6 +138,27 @@ def topics_list() -> None:
 
     for name, parts in sorted(planned_topics(settings_from_env()).items()):
         typer.echo(f"{name}\t{parts}")
+
+
+@dlq_app.command("replay")
+@friendly
+def dlq_replay(
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant's messages."),
+    code: list[int] = typer.Option([], "--code", help="Only these error codes (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count, send nothing."),
+) -> None:
+    """Re-send dead-lettered messages (each at most once more, even if run twice)."""
+    from ops.dlq import replay_dlq
+
+    settings = settings_from_env()
+    summary = asyncio.run(
+        replay_dlq(settings, tenant=tenant, codes=set(code) or None, dry_run=dry_run)
+    )
+    verb = "would replay" if dry_run else "replayed"
+    typer.echo(
+        f"read {summary.read}, {verb} {summary.replayed}, skipped {summary.skipped}; "
+        f"by code {summary.by_code}"
+    )
 
 
 @db_app.command("upgrade")

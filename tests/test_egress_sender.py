@@ -174,3 +174,21 @@ async def test_throttle_holds_80_per_second_within_5_percent(pipeline, sim):
     burst = 8  # the bucket's burst (rate / 10) goes out at once
     rate = (n - burst) / (times[-1] - times[burst - 1])
     assert rate == pytest.approx(80, rel=0.05), rate
+
+
+async def test_dlq_replay_resends_once_even_when_run_twice(pipeline, sim):
+    from ops.dlq import replay_dlq
+
+    bot = await pipeline.add_bot()
+    sim.faults = Faults(codes={131047: 1.0})  # outside the 24 h window
+    record = outbound(bot, "15557770009", "second chance")
+    await produce(pipeline, [record])
+    await wait_results(pipeline, t.OUTBOUND_DLQ, record["request_id"], 1)
+    sim.faults = Faults()
+    dry = await replay_dlq(pipeline.settings, tenant=bot.tenant_id, dry_run=True)
+    assert dry.replayed == 1 and await pipeline.sent_to("15557770009") == []
+    first = await replay_dlq(pipeline.settings, tenant=bot.tenant_id)
+    second = await replay_dlq(pipeline.settings, tenant=bot.tenant_id)
+    assert first.replayed == second.replayed == 1 and first.by_code == {"131047": 1}
+    got = await pipeline.wait_for("15557770009", 1, settle_s=2.0)
+    assert [m["body"] for m in got] == ["second chance"]

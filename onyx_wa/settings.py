@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     graph_api_version: str = "v25.0"
     sources_top_n: int = Field(default=5, ge=0, le=10)
     send_concurrency: int = Field(default=64, ge=1)
+    send_throttle: bool = Field(
+        default=True, description="Per-number and per-recipient pacing; off only for benchmarks."
+    )
     send_max_attempts: int = Field(default=6, ge=1, le=50)
     pause_recheck_s: float = Field(
         default=30.0, gt=0, description="How often a paused bot (stop-and-alert code) is re-probed."

@@ -1,0 +1,157 @@
+"""Egress benchmark: one egress worker's sends/s against the simulator, throttling off, versus
+a bare aiohttp client posting the same JSON (same simulator, same run); and the token bucket's
+precision at 80/s and 1,000/s.
+
+The simulator runs in its own process (``onyx-wa sim``) so it does not share the event loop
+with the worker being measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.fernet import Fernet
+
+from egress.compose import text_message
+from egress.throttle import TokenBucket
+from onyx_wa import topics as t
+from onyx_wa.broker import EmbeddedBroker, free_port
+from onyx_wa.settings import load_settings, settings_env
+
+
+async def _wait(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def _count(http: aiohttp.ClientSession, base: str) -> int:
+    async with http.get(f"{base}/_sim/messages") as resp:
+        return len(await resp.json())
+
+
+async def bucket_precision(rate: float, seconds: float = 3.0) -> float:
+    bucket = TokenBucket(rate, burst=1)
+    n = int(rate * seconds)
+    started = time.perf_counter()
+    for _ in range(n):
+        await bucket.acquire()
+    return n / (time.perf_counter() - started)
+
+
+async def _run(n: int, concurrency: int) -> dict[str, Any]:
+    from onyx_wa.bots import add_bot
+    from onyx_wa.kafka import ensure_pipeline_topics, start_producer
+    from schemas.codec import get_codec
+    from store.migrate import upgrade
+    from streams.worker import Worker
+
+    data = Path(tempfile.mkdtemp(prefix="onyx-wa-bench-egress-"))
+    broker = EmbeddedBroker(port=free_port())
+    await broker.start()
+    sim_port = free_port()
+    settings = load_settings(
+        kafka_bootstrap_servers=broker.bootstrap_servers, data_dir=data, partitions=4,
+        encryption_key=Fernet.generate_key().decode(), graph_api_url=f"http://127.0.0.1:{sim_port}",
+        send_concurrency=concurrency, log_level="WARNING", kafka_session_timeout_s=6,
+        send_throttle=False,
+    )  # fmt: skip
+    env = {**os.environ, **settings_env(settings)}
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "onyx_wa.cli", "sim", "--port", str(sim_port)], env=env
+    )
+    base = f"http://127.0.0.1:{sim_port}"
+    pnid = str(uuid.uuid4().int)[:15]
+    try:
+        await _wait(f"{base}/healthz")
+        await ensure_pipeline_topics(settings)
+        await asyncio.to_thread(upgrade, settings.sqlalchemy_url)
+        await add_bot(
+            settings, tenant_id="bench", phone_number_id=pnid, app_secret="s", verify_token="v",
+            access_token="a", throughput_per_s=1000,
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/_sim/numbers/{pnid}", json={"throughput_per_s": 1e9}):
+                pass
+            payloads = [text_message(f"1{i:010d}", f"answer {i}") for i in range(n)]
+            # baseline: a bare client posting the same JSON, same concurrency
+            sem = asyncio.Semaphore(concurrency)
+            url = f"{base}/v25.0/{pnid}/messages"
+
+            async def post(p: dict) -> None:
+                async with sem, http.post(url, json=p, headers={"Authorization": "Bearer a"}) as r:
+                    await r.read()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(post(p) for p in payloads))
+            baseline = n / (time.perf_counter() - started)
+            async with http.delete(f"{base}/_sim/messages"):
+                pass
+            worker = Worker(settings, ["egress"])
+            await worker.start()
+            await worker.wait_ready(60)
+            producer = await start_producer(settings)
+            topic = t.full_name(t.OUTBOUND, settings.topic_prefix)
+            codec = get_codec()
+            for i, p in enumerate(payloads):
+                record = {
+                    "outbound_id": f"b{i}:0", "request_id": f"b{i}", "part_index": 0, "part_count": 1,
+                    "tenant_id": "bench", "phone_number_id": pnid, "chat_id": p["to"], "kind": "text",
+                    "payload_json": json.dumps(p), "created_at": int(time.time() * 1000),
+                }  # fmt: skip
+                await producer.send(
+                    topic, codec.encode("OutboundMessage", record), key=f"bench:{pnid}".encode()
+                )
+            await producer.flush()
+            started = time.perf_counter()
+            while await _count(http, base) < n:
+                await asyncio.sleep(0.05)
+            worker_rate = n / (time.perf_counter() - started)
+            await producer.stop()
+            await worker.stop()
+        p80 = await bucket_precision(80)
+        p1000 = await bucket_precision(1000)
+        result = {
+            "messages": n,
+            "worker_sends_per_s": round(worker_rate, 1),
+            "bare_client_sends_per_s": round(baseline, 1),
+            "ratio": round(worker_rate / baseline, 2),
+            "bucket_80_achieved": round(p80, 2),
+            "bucket_1000_achieved": round(p1000, 2),
+        }
+        print(
+            f"egress: worker {worker_rate:.0f} sends/s vs bare client {baseline:.0f} sends/s "
+            f"(ratio {worker_rate / baseline:.2f}); token bucket 80/s → {p80:.2f}/s, "
+            f"1000/s → {p1000:.1f}/s",
+            flush=True,
+        )
+        return result
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        broker.stop()
+
+
+def run(n: int = 3000, concurrency: int = 64) -> dict[str, Any]:
+    return asyncio.run(_run(n, concurrency))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -220,6 +220,14 @@ class Sender:
                 )
                 return
             self.sent[outbound_id] = {"state": "sent", "wamid": wamid, "at": _now_ms()}
+            if wamid:
+                # statuses arrive keyed like outbound messages (tenant:number): same partition
+                self.sent[f"w:{wamid}"] = {
+                    "outbound_id": outbound_id,
+                    "request_id": message["request_id"],
+                    "chat_id": message["chat_id"],
+                    "status": "sent",
+                }
             SENDS.labels("sent", "0").inc()
             if message["kind"] != "read_typing":
                 await self.publish(
@@ -231,6 +239,37 @@ class Sender:
 
     async def aclose(self) -> None:
         await self.graph.aclose()
+
+
+STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
+
+
+def status_result(message: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The OutboundResult for a delivery status of one of our messages."""
+    errors = status.get("errors") or []
+    first = errors[0] if errors else {}
+    return {
+        "outbound_id": message["outbound_id"],
+        "request_id": message["request_id"],
+        "tenant_id": status["tenant_id"],
+        "phone_number_id": status["phone_number_id"],
+        "chat_id": message["chat_id"],
+        "status": status["status"] if status["status"] in STATUS_RANK else "sent",
+        "wamid": status["message_id"],
+        "error_code": first.get("code"),
+        "error_subcode": None,
+        "error_message": first.get("message") or first.get("title"),
+        "error_class": classify_code(first.get("code")).value if first else None,
+        "attempts": 1,
+        "original": None,
+        "at": _now_ms(),
+    }
+
+
+def classify_code(code: int | None) -> ErrorAction:
+    from egress.errors import classify
+
+    return classify(code, None)
 
 
 def register(app: faust.App, ctx: StageContext) -> None:
@@ -253,6 +292,31 @@ def register(app: faust.App, ctx: StageContext) -> None:
             for record in answer_outbound(result, top_n=settings.sources_top_n):
                 await outbound.send(key=key, value=record)
             STAGE_EVENTS.labels("compose", result["status"]).inc()
+
+    statuses = ctx.topics.of(t.STATUSES)
+    outbound_results = ctx.topics.of(t.OUTBOUND_RESULTS)
+
+    @app.agent(statuses, name="statuses")
+    async def track_statuses(stream: faust.StreamT) -> None:
+        """Delivery statuses close the loop. They arrive out of order and duplicated: a status
+        only ever moves a message forward (a late "delivered" never overwrites "read")."""
+        async for status in stream:
+            key = f"w:{status['message_id']}"
+            known = sent.get(key)
+            if known is None:
+                STAGE_EVENTS.labels("statuses", "unknown_message").inc()
+                continue
+            rank = STATUS_RANK.get(status["status"], 0)
+            if rank <= STATUS_RANK.get(known.get("status", "sent"), 1):
+                DUPLICATES.labels("statuses").inc()
+                continue
+            sent[key] = {**known, "status": status["status"]}
+            result = status_result(known, status)
+            chat_key = f"{status['tenant_id']}:{known['chat_id']}".encode()
+            await outbound_results.send(key=chat_key, value=result)
+            if status["status"] == "failed":
+                SENDS.labels("failed_status", str(result["error_code"])).inc()
+            STAGE_EVENTS.labels("statuses", status["status"]).inc()
 
     @app.agent(outbound, name="sender")
     async def send(stream: faust.StreamT) -> None:

@@ -114,3 +114,39 @@ async def test_feedback_tap_is_acknowledged(pipeline):
     )
     replies = await pipeline.wait_for(user, 3)
     assert any(r["context"] == tap for r in replies)
+
+
+async def test_statuses_move_forward_only_and_failures_carry_their_code(pipeline):
+    from onyx_wa import topics as t
+    from sim import meta as m
+    from tests.test_ingress_http import read_topic
+
+    bot = await pipeline.add_bot()
+    user = "15550000008"
+    sender = pipeline.meta(bot)
+    await sender.send_text(bot.phone_number_id, user, "How do I connect to the VPN?")
+    replies = await pipeline.wait_for(user, 2)
+    answer, buttons = (r["id"] for r in sorted(replies, key=lambda r: r["type"] != "text"))
+    for status in ("delivered", "read", "delivered", "read"):  # late and duplicate ones too
+        assert (
+            await sender.send_statuses(bot.phone_number_id, [m.status(answer, status, user)]) == 200
+        )
+    failed = m.status(
+        buttons, "failed", user, errors=[{"code": 131047, "title": "Re-engagement message"}]
+    )
+    assert await sender.send_statuses(bot.phone_number_id, [failed]) == 200
+    name = t.full_name(t.OUTBOUND_RESULTS, pipeline.settings.topic_prefix)
+    import asyncio
+
+    for _ in range(40):
+        results = [
+            r
+            for r in await read_topic(pipeline.settings, name, 0, 0.5)
+            if r["wamid"] in (answer, buttons)
+        ]
+        if len(results) >= 5:
+            break
+        await asyncio.sleep(0.25)
+    assert [r["status"] for r in results if r["wamid"] == answer] == ["sent", "delivered", "read"]
+    [fail] = [r for r in results if r["wamid"] == buttons and r["status"] == "failed"]
+    assert fail["error_code"] == 131047 and fail["error_class"] == "permanent"

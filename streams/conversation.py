@@ -201,7 +201,7 @@ class ConversationHandler:
             )
         elif name == "lang" and arg:
             state["lang"] = arg.lower()
-            self.local_reply(message, key, "lang_set", state["lang"], lang=arg.lower())
+            self.local_reply(message, key, "lang_set", state["lang"], language=arg.lower())
         elif name == "stop":
             state["opted_out"] = True
             self.local_reply(message, key, "stop", state["lang"])

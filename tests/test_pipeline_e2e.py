@@ -150,3 +150,20 @@ async def test_statuses_move_forward_only_and_failures_carry_their_code(pipeline
     assert [r["status"] for r in results if r["wamid"] == answer] == ["sent", "delivered", "read"]
     [fail] = [r for r in results if r["wamid"] == buttons and r["status"] == "failed"]
     assert fail["error_code"] == 131047 and fail["error_class"] == "permanent"
+
+
+async def test_language_reset_and_opt_out_commands(pipeline):
+    bot = await pipeline.add_bot()
+    user = "15550000009"
+    meta = pipeline.meta(bot)
+    await meta.send_text(bot.phone_number_id, user, "/lang es")
+    await pipeline.wait_for(user, 1)
+    await meta.send_text(bot.phone_number_id, user, "hola")
+    replies = await pipeline.wait_for(user, 2)
+    assert replies[0]["body"] == "Idioma cambiado a es." and replies[1]["body"].startswith("¡Hola!")
+    await meta.send_text(bot.phone_number_id, user, "/stop")
+    await pipeline.wait_for(user, 3)
+    await meta.send_text(bot.phone_number_id, user, "How do I connect to the VPN?")
+    assert len(await pipeline.wait_for(user, 4, timeout_s=3, settle_s=0)) == 3  # opted out: silence
+    await meta.send_text(bot.phone_number_id, user, "/start")
+    assert len(await pipeline.wait_for(user, 4)) == 4

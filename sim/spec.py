@@ -49,7 +49,10 @@ def find_spec() -> Path | None:
     if env:
         return Path(env) if Path(env).is_file() else None
     repo = Path(__file__).resolve().parents[1]
-    for base in (repo.parent / "shared" / "spec", repo / "spec"):
+    # ../shared/spec beside the checkout (or beside any ancestor: clones may sit deeper), then
+    # the workspace's shared folder, where CI clones elsewhere still find it
+    candidates = [p / "shared" / "spec" for p in repo.parents] + [Path("/work/shared/spec")]
+    for base in candidates:
         if (base / SPEC_NAME).is_file():
             return base / SPEC_NAME
     return None

@@ -11,11 +11,14 @@ from egress.throttle import RecipientPacer, TokenBucket
 
 
 async def test_bucket_holds_the_rate_within_five_percent():
+    """Never faster than the rate (Meta's limit); at most 5% slower even on a busy machine,
+    because each caller reserves an absolute slot and sleep overshoot does not accumulate."""
     bucket = TokenBucket(rate=400, burst=1)
     started = time.monotonic()
-    await asyncio.gather(*(bucket.acquire() for _ in range(401)))
-    elapsed = time.monotonic() - started
-    assert 400 / elapsed == pytest.approx(400, rel=0.05)
+    await asyncio.gather(*(bucket.acquire() for _ in range(801)))
+    achieved = 800 / (time.monotonic() - started)
+    assert achieved <= 400 * 1.005
+    assert achieved >= 400 * 0.95
 
 
 async def test_burst_is_served_at_once_then_paced():

@@ -22,24 +22,12 @@ from typing import Any
 import aiohttp
 from cryptography.fernet import Fernet
 
+from bench.ingress import wait_http
 from egress.compose import text_message
 from egress.throttle import TokenBucket
 from onyx_wa import topics as t
 from onyx_wa.broker import EmbeddedBroker, free_port
 from onyx_wa.settings import load_settings, settings_env
-
-
-async def _wait(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def _count(http: aiohttp.ClientSession, base: str) -> int:
@@ -80,7 +68,7 @@ async def _run(n: int, concurrency: int) -> dict[str, Any]:
     base = f"http://127.0.0.1:{sim_port}"
     pnid = str(uuid.uuid4().int)[:15]
     try:
-        await _wait(f"{base}/healthz")
+        await wait_http(f"{base}/healthz")
         await ensure_pipeline_topics(settings)
         await asyncio.to_thread(upgrade, settings.sqlalchemy_url)
         await add_bot(

@@ -49,7 +49,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _wait_http(url: str, timeout_s: float = 60) -> None:
+async def wait_http(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
@@ -163,8 +163,8 @@ async def _run(concurrency: list[int], seconds: float, rate: float, rounds: int)
         "X-Hub-Signature-256": meta.sign("bench-secret", body),
     }
     try:
-        await _wait_http(f"http://127.0.0.1:{ingress_port}/healthz")
-        await _wait_http(f"http://127.0.0.1:{base_port}/healthz")
+        await wait_http(f"http://127.0.0.1:{ingress_port}/healthz")
+        await wait_http(f"http://127.0.0.1:{base_port}/healthz")
         ingress_url = f"http://127.0.0.1:{ingress_port}/webhooks/whatsapp"
         base_url = f"http://127.0.0.1:{base_port}/webhooks/whatsapp"
         await closed_loop(ingress_url, body, headers, 8, 1.0)  # warm-up

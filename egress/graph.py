@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from egress.compose import mark_read as mark_read_payload
 from egress.errors import ErrorAction, classify
 
 
@@ -92,13 +93,7 @@ class GraphClient:
     async def mark_read(
         self, phone_number_id: str, token: str, message_id: str, typing: bool = True
     ) -> None:
-        payload: dict[str, Any] = {
-            "messaging_product": "whatsapp",
-            "status": "read",
-            "message_id": message_id,
-        }
-        if typing:
-            payload["typing_indicator"] = {"type": "text"}
+        payload = mark_read_payload(message_id, typing=typing)
         await self._post(f"{phone_number_id}/messages", token, payload)
 
     async def get_media(self, media_id: str, token: str, *, max_bytes: int) -> tuple[bytes, str]:

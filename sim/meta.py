@@ -172,33 +172,25 @@ class MetaWebhookSender:
         doc = notification(phone_number_id, messages=[msg], contacts=[contact(user)])
         return serialise(doc), msg["id"]
 
-    async def send_text(self, phone_number_id: str, user: str, text: str, **kwargs: Any) -> str:
-        msg = text_message(user, text, **kwargs)
-        doc = notification(
-            phone_number_id, messages=[msg], contacts=[contact(user, bsuid=kwargs.get("bsuid"))]
-        )
+    async def _send(self, phone_number_id: str, user: str, msg: dict[str, Any], **kw: Any) -> str:
+        """Deliver one message from ``user``; returns its wamid (raises unless answered 200)."""
+        contacts = [contact(user, bsuid=kw.get("bsuid"))]
+        doc = notification(phone_number_id, messages=[msg], contacts=contacts)
         status_code = await self.post(serialise(doc), phone_number_id=phone_number_id)
         if status_code != 200:
             raise RuntimeError(f"ingress answered {status_code}")
         return str(msg["id"])
+
+    async def send_text(self, phone_number_id: str, user: str, text: str, **kwargs: Any) -> str:
+        return await self._send(phone_number_id, user, text_message(user, text, **kwargs), **kwargs)
 
     async def send_button_reply(
         self, phone_number_id: str, user: str, button_id: str, title: str
     ) -> str:
-        msg = button_reply(user, button_id, title)
-        doc = notification(phone_number_id, messages=[msg], contacts=[contact(user)])
-        status_code = await self.post(serialise(doc), phone_number_id=phone_number_id)
-        if status_code != 200:
-            raise RuntimeError(f"ingress answered {status_code}")
-        return str(msg["id"])
+        return await self._send(phone_number_id, user, button_reply(user, button_id, title))
 
     async def send_reaction(self, phone_number_id: str, user: str, target: str, emoji: str) -> str:
-        msg = reaction(user, target, emoji)
-        doc = notification(phone_number_id, messages=[msg], contacts=[contact(user)])
-        status_code = await self.post(serialise(doc), phone_number_id=phone_number_id)
-        if status_code != 200:
-            raise RuntimeError(f"ingress answered {status_code}")
-        return str(msg["id"])
+        return await self._send(phone_number_id, user, reaction(user, target, emoji))
 
     async def send_statuses(self, phone_number_id: str, statuses: Sequence[dict[str, Any]]) -> int:
         doc = notification(phone_number_id, statuses=statuses)

@@ -12,7 +12,10 @@ Quirks handled here:
 - the admin client's OffsetFetch fails on Tansu: :func:`committed_offsets` reads committed
   offsets through a consumer of the group, which works on both brokers.
 - ``end_offsets`` on Tansu returns the last batch's base offset + 1, not the high watermark:
-  :func:`end_offsets` reads the tail on the embedded broker to find the true end.
+  :func:`end_offsets` reads the tail on the embedded broker to find the true end, and
+  :func:`patch_faust_for_tansu` makes Faust's table recovery use it — otherwise a restarted
+  worker stops recovering a changelog before the last records of its last batch (a kill -9
+  test of the sender caught this as a duplicate send).
 """
 
 from __future__ import annotations
@@ -243,6 +246,30 @@ async def end_offsets(
         return exact
     finally:
         await consumer.stop()
+
+
+_FAUST_PATCHED = False
+
+
+def patch_faust_for_tansu() -> None:
+    """Make Faust's changelog recovery read true high watermarks on Tansu (idempotent)."""
+    global _FAUST_PATCHED
+    if _FAUST_PATCHED:
+        return
+    from faust.transport.drivers import aiokafka as driver
+
+    async def exact_highwaters(self: Any, partitions: Any) -> dict[Any, int]:
+        consumer = self._ensure_consumer()
+        bootstrap = consumer._client._bootstrap_servers
+        if not isinstance(bootstrap, str):
+            bootstrap = ",".join(bootstrap)
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        exact = await end_offsets(bootstrap, tps, embedded=True)
+        by_key = {(tp.topic, tp.partition): value for tp, value in exact.items()}
+        return {tp: by_key[(tp.topic, tp.partition)] for tp in partitions}
+
+    driver.AIOKafkaConsumerThread._highwaters = exact_highwaters  # type: ignore[method-assign]
+    _FAUST_PATCHED = True
 
 
 async def committed_offsets(

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=19092, ge=1, le=65535)
     kafka_client_id: str = "onyx-wa"
+    broker_flavor: Literal["auto", "kafka", "tansu"] = Field(
+        default="auto", description="auto: Tansu when embedded, Apache Kafka otherwise."
+    )
     kafka_session_timeout_s: float = Field(
         default=10.0, ge=6.0, le=300.0, description="Consumer group session timeout (see kafka.py)."
     )
@@ -144,6 +147,11 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no external broker is configured: the embedded Tansu broker is used."""
         return not self.kafka_bootstrap_servers
+
+    @property
+    def tansu(self) -> bool:
+        """True when the broker is Tansu, whose quirks ``onyx_wa.kafka`` works around."""
+        return self.broker_flavor == "tansu" or (self.broker_flavor == "auto" and self.embedded)
 
     @property
     def bootstrap_servers(self) -> str:

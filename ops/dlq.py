@@ -39,7 +39,7 @@ async def replay_dlq(
     dlq = t.full_name(t.OUTBOUND_DLQ, settings.topic_prefix)
     outbound = t.full_name(t.OUTBOUND, settings.topic_prefix)
     parts = [TopicPartition(dlq, p) for p in range(settings.partitions)]
-    ends = await end_offsets(settings.bootstrap_servers, parts, embedded=settings.embedded)
+    ends = await end_offsets(settings.bootstrap_servers, parts, embedded=settings.tansu)
     summary = DlqReplay()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
     producer = None if dry_run else AIOKafkaProducer(**producer_kwargs(settings))

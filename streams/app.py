@@ -99,6 +99,10 @@ def build_app(
     if unknown:
         raise ValueError(f"unknown worker role(s) {sorted(unknown)}; choose from {list(ROLES)}")
     _register_codecs()
+    if settings.tansu:
+        from onyx_wa.kafka import patch_faust_for_tansu
+
+        patch_faust_for_tansu()
     store = "memory://" if settings.store == "memory" else "rocksdb://"
     app = faust.App(
         app_id(settings, roles),

@@ -29,6 +29,7 @@ async def pipeline(kafka_target, tmp_path_factory):
         tmp_path_factory.mktemp("sender"),
         None,
         send_max_attempts=4,
+        broker_flavor="tansu" if kafka_target.embedded else "kafka",
         pause_recheck_s=1.0,
     )
     try:

@@ -22,6 +22,7 @@ async def pipeline(kafka_target, tmp_path_factory):
         kafka_target.bootstrap_servers,
         tmp_path_factory.mktemp("e2e"),
         os.environ.get("ONYX_WA_E2E_DATABASE_URL"),
+        broker_flavor="tansu" if kafka_target.embedded else "kafka",
     )
     try:
         yield pipe
@@ -147,7 +148,10 @@ async def test_statuses_move_forward_only_and_failures_carry_their_code(pipeline
         if len(results) >= 5:
             break
         await asyncio.sleep(0.25)
-    assert [r["status"] for r in results if r["wamid"] == answer] == ["sent", "delivered", "read"]
+    seen = [r["status"] for r in results if r["wamid"] == answer]
+    # separate webhooks can be processed out of order (raw records are keyed by delivery id):
+    # "delivered" may arrive after "read" and is then dropped; nothing ever moves backwards
+    assert seen in (["sent", "delivered", "read"], ["sent", "read"]), seen
     [fail] = [r for r in results if r["wamid"] == buttons and r["status"] == "failed"]
     assert fail["error_code"] == 131047 and fail["error_class"] == "permanent"
 

@@ -57,6 +57,7 @@ class KafkaForTest:
             "topic_prefix": self.prefix,
             "partitions": 4,
             "kafka_session_timeout_s": 6.0,
+            "broker_flavor": "tansu" if self.embedded else "kafka",
         }
         values.update(overrides)
         return load_settings(**values)

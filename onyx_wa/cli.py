@@ -355,6 +355,102 @@ def demo(
 
 @app.command()
 @friendly
+def lag(
+    group: list[str] = typer.Option([], "--group", help="Consumer group (repeatable)."),
+    as_json: bool = typer.Option(False, "--json"),
+    watch: bool = typer.Option(False, "--watch", help="Sample repeatedly (full statuses)."),
+    interval: float = typer.Option(5.0, "--interval"),
+) -> None:
+    """Consumer lag per group/topic/partition: messages, seconds and a Burrow-style status."""
+    from onyx_wa.kafka import wait_for_broker
+    from ops.lag import LagStatus, collect_lag, render_table, watch_lag
+
+    settings = settings_from_env()
+    asyncio.run(wait_for_broker(settings.bootstrap_servers, timeout_s=10))
+
+    def show(report: object) -> None:
+        typer.echo(report.to_json() if as_json else render_table(report))  # type: ignore[attr-defined]
+
+    if watch:
+        asyncio.run(watch_lag(settings, group or None, interval_s=interval, on_report=show))
+        return
+    report = asyncio.run(collect_lag(settings, group or None))
+    show(report)
+    if any(g.status >= LagStatus.STALL for g in report.groups):
+        raise typer.Exit(1)
+
+
+@app.command("lag-exporter")
+@friendly
+def lag_exporter(
+    host: str = typer.Option("0.0.0.0", "--host"),  # noqa: S104 - scraped by Prometheus
+    port: int = typer.Option(9308, "--port"),
+    interval: float = typer.Option(15.0, "--interval"),
+    group: list[str] = typer.Option([], "--group"),
+) -> None:
+    """Serve consumer-lag gauges on /metrics for Prometheus."""
+    from onyx_wa.runtime import run_service, wait_stop
+    from ops.lag_exporter import run_lag_exporter
+
+    settings = settings_from_env()
+
+    async def serve(stop: asyncio.Event) -> None:
+        task = asyncio.ensure_future(
+            run_lag_exporter(settings, host, port, interval, group or None)
+        )
+        try:
+            await wait_stop(stop, task)
+        finally:
+            task.cancel()
+
+    run_service(serve)
+
+
+@app.command()
+@friendly
+def replay(
+    topic: str = typer.Option(..., "--topic", help="e.g. wa.webhook.raw or wa.inbound"),
+    start: str = typer.Option(..., "--from", help="ISO 8601, 'now' or -30m / -2h / -7d"),
+    end: str = typer.Option(..., "--to"),
+    tenant: str = typer.Option(None, "--tenant"),
+    rebuild_state: str = typer.Option(None, "--rebuild-state", help="FILE.json"),
+    to_topic: str = typer.Option(None, "--to-topic", help="NAME"),
+    export: str = typer.Option(None, "--export", help="FILE.jsonl or FILE.parquet"),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+) -> None:
+    """Reprocess a time range with a fresh consumer (live groups are never moved)."""
+    from ops.export import ExportError
+    from ops.replay import ReplayError, parse_time
+    from ops.replay import replay as run_replay
+
+    chosen = [(m, v) for m, v in (("rebuild_state", rebuild_state), ("to_topic", to_topic),
+              ("export", export)) if v]  # fmt: skip
+    if len(chosen) != 1:
+        raise SettingsError("choose exactly one of --rebuild-state, --to-topic, --export")
+    mode, target = chosen[0]
+    settings = settings_from_env()
+    from onyx_wa.kafka import wait_for_broker
+
+    asyncio.run(wait_for_broker(settings.bootstrap_servers, timeout_s=10))
+
+    def progress(done: int, total: int) -> None:
+        typer.echo(f"\r{done}/{total or '?'} records", nl=False, err=True)
+
+    try:
+        summary = asyncio.run(
+            run_replay(
+                settings, topic=topic, start=parse_time(start), end=parse_time(end),
+                tenant=tenant, mode=mode, target=target, dry_run=dry_run, progress=progress,
+            )
+        )  # fmt: skip
+    except (ReplayError, ExportError) as exc:
+        raise SettingsError(str(exc)) from None
+    typer.echo("", err=True)
+    typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+
+
+@app.command()
+@friendly
 def bench(
     name: str = typer.Argument(..., help="codec, format, ingress, streams, answers, egress or all"),
     as_json: bool = typer.Option(False, "--json"),

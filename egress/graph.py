@@ -1,18 +1,23 @@
 """Graph API client for sending: messages, mark-as-read with typing, media download.
 
 One pooled aiohttp session for all bots; the bot's token travels per request and never appears
-in logs, exception messages or reprs. Meta's error object is parsed into :class:`GraphApiError`
-with the action the sender should take.
+in logs, exception messages or reprs (a server that echoes it back gets it masked). Meta's error
+object is parsed into :class:`GraphApiError` with the action the sender should take; anything
+that is not Meta's error shape (HTML from a proxy, a 5xx, a timeout) is a ``GraphApiError``
+with ``code=None``, classified by HTTP status.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import aiohttp
 
 from egress.compose import mark_read as mark_read_payload
 from egress.errors import ErrorAction, classify
+
+_MAX_MESSAGE = 300
 
 
 class GraphApiError(Exception):
@@ -26,6 +31,8 @@ class GraphApiError(Exception):
         subcode: int | None = None,
         http_status: int | None = None,
         fbtrace_id: str | None = None,
+        details: str | None = None,
+        action: ErrorAction | None = None,
     ) -> None:
         super().__init__(f"Graph API error {code}: {message}")
         self.code = code
@@ -33,10 +40,13 @@ class GraphApiError(Exception):
         self.message = message
         self.http_status = http_status
         self.fbtrace_id = fbtrace_id
-        self.action = classify(code, http_status)
+        self.details = details
+        self.action = action if action is not None else classify(code, http_status)
 
 
 class GraphClient:
+    """Sends through ``{base_url}/{version}/...`` with one connection pool for every bot."""
+
     def __init__(
         self,
         base_url: str,
@@ -69,16 +79,15 @@ class GraphClient:
         url = f"{self.base_url}/{self.version}/{path}"
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            async with self.session.post(url, json=payload, headers=headers) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except (ValueError, aiohttp.ContentTypeError):
-                    data = None
+            async with self.session.post(
+                url, json=payload, headers=headers, timeout=self._timeout
+            ) as resp:
+                data = await _json_or_none(resp)
                 if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
-                    raise _error_from(resp.status, data)
+                    raise _error_from(resp.status, data, token)
                 return data
         except TimeoutError:
-            raise GraphApiError(None, "timeout", http_status=None) from None
+            raise GraphApiError(None, "timeout") from None
         except aiohttp.ClientError as exc:
             raise GraphApiError(None, f"connection error: {type(exc).__name__}") from None
 
@@ -93,55 +102,94 @@ class GraphClient:
     async def mark_read(
         self, phone_number_id: str, token: str, message_id: str, typing: bool = True
     ) -> None:
+        """Blue ticks (and a typing indicator) on the user's message; 1:1 chats only."""
         payload = mark_read_payload(message_id, typing=typing)
-        await self._post(f"{phone_number_id}/messages", token, payload)
+        data = await self._post(f"{phone_number_id}/messages", token, payload)
+        if data.get("success") is not True:
+            raise GraphApiError(None, "mark as read was not confirmed", http_status=200)
 
     async def get_media(self, media_id: str, token: str, *, max_bytes: int) -> tuple[bytes, str]:
-        """Two-step download: the media's short-lived URL, then its bytes (size-bounded)."""
+        """Two-step download: the media's short-lived URL, then its bytes (size-bounded).
+
+        Returns ``(bytes, mime_type)``. Raises :class:`GraphApiError` when the media is larger
+        than ``max_bytes`` (before downloading when Meta states the size, else as soon as the
+        stream passes it) or when the bytes do not match Meta's ``sha256``.
+        """
         headers = {"Authorization": f"Bearer {token}"}
-        url = f"{self.base_url}/{self.version}/{media_id}"
-        async with self.session.get(url, headers=headers) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400 or "url" not in data:
-                raise _error_from(resp.status, data)
-        if int(data.get("file_size") or 0) > max_bytes:
-            raise GraphApiError(None, f"media larger than {max_bytes} bytes", http_status=413)
-        async with self.session.get(data["url"], headers=headers) as resp:
-            if resp.status >= 400:
-                raise GraphApiError(
-                    None, f"media download failed ({resp.status})", http_status=resp.status
-                )
-            body = bytearray()
-            async for chunk in resp.content.iter_chunked(65536):
-                body += chunk
-                if len(body) > max_bytes:
+        try:
+            async with self.session.get(
+                f"{self.base_url}/{self.version}/{media_id}", headers=headers
+            ) as resp:
+                info = await _json_or_none(resp)
+                if resp.status >= 400 or not isinstance(info, dict) or "url" not in info:
+                    raise _error_from(resp.status, info, token)
+            size = _int(info.get("file_size"))
+            if size is not None and size > max_bytes:
+                raise _too_large(max_bytes)
+            async with self.session.get(str(info["url"]), headers=headers) as resp:
+                if resp.status >= 400:
                     raise GraphApiError(
-                        None, f"media larger than {max_bytes} bytes", http_status=413
+                        None, f"media download failed (HTTP {resp.status})", http_status=resp.status
                     )
-        return bytes(body), str(data.get("mime_type") or resp.content_type)
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise _too_large(max_bytes)
+                mime = str(info.get("mime_type") or resp.content_type)
+        except TimeoutError:
+            raise GraphApiError(None, "timeout") from None
+        except aiohttp.ClientError as exc:
+            raise GraphApiError(None, f"connection error: {type(exc).__name__}") from None
+        expected = info.get("sha256")
+        if isinstance(expected, str) and expected and hashlib.sha256(body).hexdigest() != expected:
+            raise GraphApiError(None, "media sha256 mismatch", action=ErrorAction.RETRY)
+        return bytes(body), mime
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:
             await self._session.close()
 
 
-def _error_from(status: int, data: Any) -> GraphApiError:
+async def _json_or_none(resp: aiohttp.ClientResponse) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except (ValueError, UnicodeDecodeError, aiohttp.ContentTypeError):
+        return None
+
+
+def _too_large(max_bytes: int) -> GraphApiError:
+    return GraphApiError(
+        None, f"media larger than {max_bytes} bytes", http_status=413, action=ErrorAction.PERMANENT
+    )
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _masked(text: Any, token: str) -> str:
+    """Meta's message, shortened, with the token masked should a server ever echo it."""
+    out = str(text or "")
+    return (out.replace(token, "***") if token else out)[:_MAX_MESSAGE]
+
+
+def _error_from(status: int, data: Any, token: str = "") -> GraphApiError:
     err = data.get("error") if isinstance(data, dict) else None
     if not isinstance(err, dict):
         return GraphApiError(None, f"HTTP {status}", http_status=status)
-
-    def _int(value: Any) -> int | None:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
-
+    error_data = err.get("error_data")
+    details = error_data.get("details") if isinstance(error_data, dict) else None
     return GraphApiError(
         _int(err.get("code")),
-        str(err.get("message") or "")[:300],
+        _masked(err.get("message"), token),
         subcode=_int(err.get("error_subcode")),
         http_status=status,
-        fbtrace_id=err.get("fbtrace_id"),
+        fbtrace_id=str(err["fbtrace_id"]) if err.get("fbtrace_id") else None,
+        details=_masked(details, token) if details else None,
     )
 
 

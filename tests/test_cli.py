@@ -198,5 +198,22 @@ def test_demo_exits_zero_with_every_reply_exactly_once(home):
 def test_ops_commands_refuse_an_unreachable_broker_in_one_line(home):
     env = home | {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
     one_line_error(run("lag", env=env), "unreachable")
-    one_line_error(run("replay", "--topic", "wa.inbound", "--from", "-1h", "--to", "now", "--export", "x.jsonl", env=env), "unreachable")
-    one_line_error(run("replay", "--topic", "wa.inbound", "--from", "-1h", "--to", "now", env=home), "exactly one")
+    one_line_error(
+        run(
+            "replay",
+            "--topic",
+            "wa.inbound",
+            "--from",
+            "-1h",
+            "--to",
+            "now",
+            "--export",
+            "x.jsonl",
+            env=env,
+        ),
+        "unreachable",
+    )
+    one_line_error(
+        run("replay", "--topic", "wa.inbound", "--from", "-1h", "--to", "now", env=home),
+        "exactly one",
+    )

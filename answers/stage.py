@@ -173,8 +173,11 @@ def typing_outbound(request: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def register(app: faust.App, ctx: StageContext) -> None:
+    from answers import feedback
+
     service = AnswerService(ctx)
     ctx.resources["answer_service"] = service
+    feedback.register(app, ctx)
     requests = ctx.topics.of(t.ANSWER_REQUESTS)
     results = ctx.topics.of(t.ANSWER_RESULTS)
     outbound = ctx.topics.of(t.OUTBOUND)

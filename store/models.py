@@ -159,6 +159,21 @@ class WhatsAppUserLink(Timestamps, Base):
     opted_out: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
+class TenantUsage(Base):
+    """Questions a tenant used in one quota window, shared by every worker process.
+
+    Workers lease blocks of the window's budget with a conditional ``UPDATE`` (see
+    ``streams/quota.py``), so the limit holds across processes without a lock or a new service.
+    """
+
+    __tablename__ = "wa_tenant_usage"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window: Mapped[str] = mapped_column(String(8), primary_key=True)  # "minute" | "day"
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds
+    used: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
 class ConfigVersion(Base):
     """A counter bumped by every bot / chat-config write, so caches elsewhere notice cheaply."""
 

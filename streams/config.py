@@ -90,6 +90,7 @@ class ConfigLookup:
     chats: Any  # store.repo.ChatConfigRepository
     users: Any  # store.repo.UserLinkRepository
     ttl_s: float = 30.0
+    sessions: Any = None  # the session factory, for stages that keep shared counters
     _chat_cache: dict[tuple[Any, str, bool], ChatSettings] = field(default_factory=dict)
     _link_cache: dict[tuple[Any, str], str | None] = field(default_factory=dict)
     _version: int | None = None
@@ -171,5 +172,6 @@ async def open_config_lookup(settings: Settings) -> tuple[ConfigLookup, Any]:
         chats=ChatConfigRepository(sessions),
         users=UserLinkRepository(sessions),
         ttl_s=settings.bot_cache_ttl_s,
+        sessions=sessions,
     )
     return lookup, engine

@@ -133,6 +133,20 @@ class ConversationHandler:
             QUOTA_REJECTED.labels("user").inc()
             self.local_reply(message, key, "quota_user", state["lang"])
             return
+        quota = self.ctx.resources.get("quota")
+        if quota is not None:
+            spent = await quota.over_limit(
+                message["tenant_id"],
+                now,
+                per_minute=getattr(bot, "tenant_questions_per_minute", None)
+                or self.settings.tenant_questions_per_minute,
+                per_day=getattr(bot, "tenant_questions_per_day", None)
+                or self.settings.tenant_questions_per_day,
+            )
+            if spent is not None:
+                QUOTA_REJECTED.labels(f"tenant_{spent}").inc()
+                self.local_reply(message, key, f"quota_tenant_{spent}", state["lang"])
+                return
         recipient, kind = reply_target(message)
         request = {
             "request_id": request_id_for(message["tenant_id"], message["message_id"]),
@@ -273,6 +287,11 @@ def register(app: faust.App, ctx: StageContext) -> None:
         key_type=str,  # app defaults: raw keys, JSON values
     )
     ctx.resources["conversations"] = table
+    config = ctx.resources.get("config")
+    if "quota" not in ctx.resources and getattr(config, "sessions", None) is not None:
+        from streams.quota import TenantQuota
+
+        ctx.resources["quota"] = TenantQuota(config.sessions)
     names = {
         ctx.topics.name(t.INBOUND): "inbound",
         ctx.topics.name(t.ANSWER_RESULTS): "answer",

@@ -35,7 +35,10 @@ _EN = {
     "media_other": "I can only answer text questions.",
     "unsupported": "Sorry, WhatsApp didn't let me see that message. Please send it as text.",
     "quota_user": "You're asking faster than I can answer. Please wait a minute and try again.",
-    "quota_tenant": "We've reached today's question limit. Please try again later.",
+    "quota_tenant_minute": (
+        "We're receiving a lot of questions right now. Please try again in a minute."
+    ),
+    "quota_tenant_day": "We've reached today's question limit. Please try again tomorrow.",
     "answer_failed": (
         "Sorry, I couldn't reach the knowledge base right now. Please try again in a moment."
     ),
@@ -61,6 +64,8 @@ _CATALOG: dict[str, dict[str, str]] = {
         "feedback_prompt": "¿Te sirvió esta respuesta?",
         "answer_failed": "Lo siento, no pude consultar la base de conocimiento.",
         "quota_user": "Estás preguntando muy rápido. Espera un minuto, por favor.",
+        "quota_tenant_minute": "Recibimos muchas preguntas ahora. Inténtalo en un minuto.",
+        "quota_tenant_day": "Alcanzamos el límite de preguntas de hoy. Inténtalo mañana.",
     },
     "pt": {
         "reset": "Pronto: esta é uma nova conversa.",

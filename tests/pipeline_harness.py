@@ -42,9 +42,36 @@ class Pipeline:
     worker: Any = None
     ingress_close: Any = None
 
+    onyx_url: str = ""
+
     @property
     def sim_url(self) -> str:
         return self.settings.graph_base_url
+
+    async def add_chat_config(self, bot: TestBot, **fields: Any) -> Any:
+        """A chat config for ``bot`` (see ``store.repo.ChatConfigRepository.add``)."""
+        from store.db import make_engine, session_factory
+        from store.repo import ChatConfigRepository
+
+        engine = make_engine(self.settings.sqlalchemy_url)
+        try:
+            sessions = session_factory(engine)
+            from sqlalchemy import select
+
+            from store.models import WhatsAppBot
+
+            async with sessions() as session:
+                bot_id = await session.scalar(
+                    select(WhatsAppBot.id).where(WhatsAppBot.phone_number_id == bot.phone_number_id)
+                )
+            return await ChatConfigRepository(sessions).add(bot_id, **fields)
+        finally:
+            await engine.dispose()
+
+    async def onyx(self, method: str, path: str, body: Any = None) -> Any:
+        """Call the fake Onyx's control API (``/_fake/...``)."""
+        async with self.http.request(method, f"{self.onyx_url}{path}", json=body) as resp:
+            return await resp.json()
 
     async def add_bot(self, **overrides: Any) -> TestBot:
         from onyx_wa.bots import add_bot
@@ -129,6 +156,14 @@ async def start_pipeline(
     await sim_runner.setup()
     await web.TCPSite(sim_runner, "127.0.0.1", sim_port).start()
     pipeline.runners.append(sim_runner)
+    from sim.onyx import build_fake_onyx_app
+
+    onyx_port = free_port()
+    onyx_runner = web.AppRunner(build_fake_onyx_app(), access_log=None)
+    await onyx_runner.setup()
+    await web.TCPSite(onyx_runner, "127.0.0.1", onyx_port).start()
+    pipeline.runners.append(onyx_runner)
+    pipeline.onyx_url = f"http://127.0.0.1:{onyx_port}"
     from ingress.app import start_ingress
 
     pipeline.ingress_close = await start_ingress(settings, host="127.0.0.1", port=ingress_port)

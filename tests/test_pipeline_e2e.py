@@ -171,3 +171,97 @@ async def test_language_reset_and_opt_out_commands(pipeline):
     assert len(await pipeline.wait_for(user, 4, timeout_s=3, settle_s=0)) == 3  # opted out: silence
     await meta.send_text(bot.phone_number_id, user, "/start")
     assert len(await pipeline.wait_for(user, 4)) == 4
+
+
+async def _onyx_bot(pipeline, key: str, **overrides):
+    return await pipeline.add_bot(
+        answer_backend="onyx", onyx_base_url=pipeline.onyx_url, onyx_api_key=key, **overrides
+    )
+
+
+def _sha(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def test_onyx_backend_session_persona_filters_feedback_and_tenant_keys(pipeline):
+    """Persona and document sets come from the chat config; the follow-up reuses the Onyx
+    session; a 👍 tap reaches Onyx's feedback endpoint; each tenant's calls carry its own key."""
+    import asyncio
+
+    bot = await _onyx_bot(pipeline, "key-tenant-a")
+    other = await _onyx_bot(pipeline, "key-tenant-b")
+    user, other_user = "15550000010", "15550000011"
+    await pipeline.add_chat_config(
+        bot, match_kind="wa_id", match_value=user, persona_id=1, document_sets=["hr"]
+    )
+    meta = pipeline.meta(bot)
+    question = await meta.send_text(bot.phone_number_id, user, "How many vacation days do I get?")
+    replies = await pipeline.wait_for(user, 2)
+    [answer] = [r for r in replies if r["type"] == "text"]
+    assert "25 vacation days" in answer["body"] and "[1]" in answer["body"], answer["body"]
+    await meta.send_text(bot.phone_number_id, user, "Do unused vacation days carry over?")
+    await pipeline.wait_for(user, 4)
+    await pipeline.meta(other).send_text(other.phone_number_id, other_user, "Vacation days?")
+    await pipeline.wait_for(other_user, 1)
+
+    sends = [
+        r
+        for r in await pipeline.onyx("GET", "/_fake/requests")
+        if r["path"] == "/api/chat/send-chat-message" and r["key_sha256"] == _sha("key-tenant-a")
+    ]
+    first, follow = (r["body"] for r in sends[-2:])
+    assert first["chat_session_info"] == {"persona_id": 1}
+    assert first["internal_search_filters"]["document_set"] == ["hr"]
+    assert follow["chat_session_id"] and "chat_session_info" not in follow
+    session = await pipeline.onyx("GET", f"/_fake/sessions/{follow['chat_session_id']}")
+    assert session["persona_id"] == 1
+    assert follow["parent_message_id"] in [m["message_id"] for m in session["messages"]]
+    b_calls = [
+        r for r in await pipeline.onyx("GET", "/_fake/requests")
+        if r["key_sha256"] == _sha("key-tenant-b")
+    ]  # fmt: skip
+    assert b_calls and all(
+        "Vacation days?" == r["body"]["message"] for r in b_calls if r["body"]
+    )  # tenant B's only question went with B's key, and none of A's with it
+
+    ref = request_id_for(bot.tenant_id, question)
+    await meta.send_button_reply(bot.phone_number_id, user, f"fb:{bot.tenant_id}:{ref}:up", "👍")
+    for _ in range(100):
+        feedback = await pipeline.onyx("GET", "/_fake/feedback")
+        if feedback:
+            break
+        await asyncio.sleep(0.1)
+    first_message = [m for m in session["messages"] if m["type"] == "assistant"][0]["message_id"]
+    assert {"chat_message_id": first_message, "is_positive": True, "feedback_text": None} in (
+        feedback
+    )
+
+
+async def test_onyx_failure_becomes_a_polite_reply_not_silence(pipeline):
+    bot = await _onyx_bot(pipeline, "key-failing")
+    user = "15550000012"
+    await pipeline.onyx("POST", "/_fake/faults", {"status": 500})
+    try:
+        wamid = await pipeline.meta(bot).send_text(
+            bot.phone_number_id, user, "How many vacation days do I get?"
+        )
+        replies = await pipeline.wait_for(user, 1, timeout_s=60)
+    finally:
+        await pipeline.onyx("DELETE", "/_fake/faults")
+    assert len(replies) == 1 and replies[0]["context"] == wamid
+    assert "couldn't reach the knowledge base" in replies[0]["body"]
+
+
+async def test_tenant_quota_answers_with_a_limit_message(pipeline):
+    bot = await pipeline.add_bot(tenant_questions_per_minute=2)
+    meta = pipeline.meta(bot)
+    users = ["15550000013", "15550000014", "15550000015"]
+    for user in users:
+        await meta.send_text(bot.phone_number_id, user, "How do I connect to the VPN?")
+        await pipeline.wait_for(user, 1, settle_s=0)
+    third = await pipeline.wait_for(users[2], 1)
+    assert len(third) == 1 and "a lot of questions" in third[0]["body"]
+    for user in users[:2]:
+        assert any("[1]" in r.get("body", "") for r in await pipeline.sent_to(user))

@@ -11,7 +11,8 @@ from store.db import make_engine
 from store.migrate import current, downgrade, head, migrations_dir, upgrade
 from store.models import Base
 
-TABLES = {"wa_bot", "wa_chat_config", "wa_user_link", "wa_config_version"}
+TABLES = {"wa_bot", "wa_chat_config", "wa_user_link", "wa_config_version", "wa_tenant_usage"}
+LATEST = "0002"
 
 
 async def _tables(url: str) -> set[str]:
@@ -43,14 +44,14 @@ async def test_upgrade_downgrade_upgrade(each_db) -> None:
     db = each_db
     assert current(db.url) is None
     upgrade(db.url)  # called from a running loop: runs in a thread
-    assert current(db.url) == head() == "0001"
+    assert current(db.url) == head() == LATEST
     assert TABLES <= await _tables(db.url)
     upgrade(db.url)  # idempotent at head
     downgrade(db.url, "base")
     assert current(db.url) is None
     assert not (await _tables(db.url) & TABLES)
     upgrade(db.url, "head")
-    assert current(db.url) == "0001"
+    assert current(db.url) == LATEST
     assert TABLES <= await _tables(db.url)
 
 
@@ -77,7 +78,7 @@ def test_migrate_outside_event_loop(tmp_path) -> None:
     """The CLI calls these synchronously, with no loop running."""
     url = f"sqlite:///{tmp_path / 'sync.sqlite3'}"  # plain URL: upgraded to aiosqlite
     upgrade(url)
-    assert current(url) == "0001"
+    assert current(url) == LATEST
     downgrade(url, "base")
     assert current(url) is None
 
@@ -87,7 +88,7 @@ def test_migrations_found_through_package_not_cwd(tmp_path, monkeypatch) -> None
     assert (migrations_dir() / "env.py").is_file()
     url = f"sqlite+aiosqlite:///{tmp_path / 'cwd.sqlite3'}"
     upgrade(url)
-    assert current(url) == "0001"
+    assert current(url) == LATEST
 
 
 def test_unknown_revision_fails_clearly(tmp_path) -> None:

@@ -655,14 +655,21 @@ class OnyxClientPool:
             )
         return self._breakers[key]
 
-    def get(self, tenant_id: str, base_url: str, api_key: str) -> OnyxClient:
-        """The client for this tenant, URL and key; a new key retires the old key's client."""
+    def get(
+        self, tenant_id: str, base_url: str, api_key: str, *, user_id: str | None = None
+    ) -> OnyxClient:
+        """The client for this tenant, URL and key; a new key retires the old key's client.
+
+        ``user_id`` names a linked user calling with their own key: their client is separate
+        from the bot's (so it never retires it) but shares the tenant's breaker.
+        """
         url = base_url.rstrip("/")
-        key = (tenant_id, url, key_fingerprint(api_key))
+        owner = f"{tenant_id}\x00{user_id or ''}"
+        key = (owner, url, key_fingerprint(api_key))
         client = self._clients.get(key)
         if client is not None:
             return client
-        for other in [k for k in self._clients if k[0] == tenant_id and k[1] == url]:
+        for other in [k for k in self._clients if k[0] == owner and k[1] == url]:
             self._retire(self._clients.pop(other))
         client = OnyxClient(url, api_key, breaker=self.breaker(tenant_id, url), **self._options)
         self._clients[key] = client

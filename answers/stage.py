@@ -51,7 +51,9 @@ class AnswerService:
             )
         return self._local
 
-    def onyx_backend(self, bot: Any) -> Any:
+    def onyx_backend(
+        self, bot: Any, *, user_id: str | None = None, user_key: str | None = None
+    ) -> Any:
         if self._pool is None:
             from answers.onyx_client import OnyxClientPool
 
@@ -61,6 +63,8 @@ class AnswerService:
                 total_timeout_s=self.settings.onyx_total_timeout_s,
                 max_retries=self.settings.onyx_max_retries,
             )
+        if user_key:
+            return self._pool.get(bot.tenant_id, bot.onyx_base_url, user_key, user_id=user_id)
         return self._pool.get(bot.tenant_id, bot.onyx_base_url, bot.onyx_api_key)
 
     async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +109,9 @@ class AnswerService:
             bot = await config.bot(request["phone_number_id"])
             if bot is None or not bot.onyx_base_url or not bot.onyx_api_key:
                 return Answer("", [], [], None, None, 0, error="backend_error: onyx not configured")
-            client = self.onyx_backend(bot)
+            sender = request.get("sender_id")
+            user_key = await config.linked_onyx_key(bot, sender) if sender else None
+            client = self.onyx_backend(bot, user_id=sender, user_key=user_key)
             return await client.answer(
                 request["question"],
                 parent_message_id=request.get("onyx_parent_message_id"),

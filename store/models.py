@@ -154,6 +154,8 @@ class WhatsAppUserLink(Timestamps, Base):
     tenant_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     user_id: Mapped[str] = mapped_column(String(128), nullable=False)
     onyx_user_email: Mapped[str | None] = mapped_column(String(320))
+    # the linked user's own Onyx API key: answers then run with that user's document access
+    onyx_api_key: Mapped[str | None] = mapped_column(EncryptedString(1024))
     language: Mapped[str | None] = mapped_column(String(16))
     sources_on: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     opted_out: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
@@ -174,6 +176,64 @@ class TenantUsage(Base):
     used: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
+class AuditLogEntry(Base):
+    """One change made through the admin API: who, what, when; secrets appear only masked."""
+
+    __tablename__ = "wa_audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
+    )
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)  # token name, never the token
+    role: Mapped[str] = mapped_column(String(16), nullable=False)  # operator | tenant
+    tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)  # e.g. bot.update
+    object_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    object_id: Mapped[str | None] = mapped_column(String(128))
+    changes: Mapped[dict[str, Any]] = mapped_column(PortableJSON, nullable=False, default=dict)
+
+
+class QuestionFact(Base):
+    """One answered (or failed) question, materialized from the topics for analytics.
+
+    Keyed by the deterministic request id, so replaying the topics upserts the same row instead
+    of counting twice. Users appear only as salted hashes (no phone numbers in analytics).
+    """
+
+    __tablename__ = "wa_question_fact"
+    __table_args__ = (Index("ix_wa_question_fact_tenant_day", "tenant_id", "day"),)
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    phone_number_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    user_hash: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    day: Mapped[str] = mapped_column(String(10), nullable=False)  # YYYY-MM-DD (UTC)
+    asked_at: Mapped[int] = mapped_column(BigInteger, nullable=False)  # epoch ms
+    question: Mapped[str] = mapped_column(String(1000), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # pending|ok|failed|unanswered
+    answered_at: Mapped[int | None] = mapped_column(BigInteger)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    citations: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class FeedbackFact(Base):
+    """One 👍/👎 on an answer; keyed by the WhatsApp message id of the tap or reaction."""
+
+    __tablename__ = "wa_feedback_fact"
+    __table_args__ = (Index("ix_wa_feedback_fact_tenant_day", "tenant_id", "day"),)
+
+    feedback_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    user_hash: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    day: Mapped[str] = mapped_column(String(10), nullable=False)
+    at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    is_positive: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # button | reaction
+
+
 class ConfigVersion(Base):
     """A counter bumped by every bot / chat-config write, so caches elsewhere notice cheaply."""
 
@@ -183,7 +243,7 @@ class ConfigVersion(Base):
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
-_VERSIONED = (WhatsAppBot, WhatsAppChatConfig)
+_VERSIONED = (WhatsAppBot, WhatsAppChatConfig, WhatsAppUserLink)
 
 
 class ConfigSession(Session):

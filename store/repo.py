@@ -156,6 +156,7 @@ class UserLink:
     language: str | None
     sources_on: bool
     opted_out: bool
+    onyx_api_key: str | None = None  # always MASK or None in this view (write-only secret)
 
 
 def _summary(row: WhatsAppBot) -> BotSummary:
@@ -628,7 +629,9 @@ class ChatConfigRepository:
 
 
 def _link(row: WhatsAppUserLink) -> UserLink:
-    return UserLink(**{f.name: getattr(row, f.name) for f in fields(UserLink)})
+    data = {f.name: getattr(row, f.name) for f in fields(UserLink)}
+    data["onyx_api_key"] = MASK if data["onyx_api_key"] else None
+    return UserLink(**data)
 
 
 class UserLinkRepository:
@@ -655,6 +658,7 @@ class UserLinkRepository:
         language: str | None = _UNSET,
         sources_on: bool = _UNSET,
         opted_out: bool = _UNSET,
+        onyx_api_key: str | None = _UNSET,
     ) -> UserLink:
         """Create or change a link; fields not given keep their value (or the default)."""
         if not user_id or len(user_id) > 128:
@@ -668,6 +672,7 @@ class UserLinkRepository:
                 "language": language,
                 "sources_on": sources_on,
                 "opted_out": opted_out,
+                "onyx_api_key": onyx_api_key or None if onyx_api_key is not _UNSET else _UNSET,
             }.items()
             if v is not _UNSET
         }
@@ -696,6 +701,15 @@ class UserLinkRepository:
                 await session.refresh(row)
                 return _link(row)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def onyx_api_key(self, bot_id: int, user_id: str) -> str | None:
+        """The linked user's own Onyx key, decrypted: only for the answer stage's requests."""
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(WhatsAppUserLink.onyx_api_key).where(
+                    WhatsAppUserLink.bot_id == bot_id, WhatsAppUserLink.user_id == user_id
+                )
+            )
 
     async def delete_user(self, bot_id: int, user_id: str) -> bool:
         """Forget a user (link and preferences); True when something was deleted."""

@@ -93,6 +93,7 @@ class ConfigLookup:
     sessions: Any = None  # the session factory, for stages that keep shared counters
     _chat_cache: dict[tuple[Any, str, bool], ChatSettings] = field(default_factory=dict)
     _link_cache: dict[tuple[Any, str], str | None] = field(default_factory=dict)
+    _key_cache: dict[tuple[Any, str], str | None] = field(default_factory=dict, repr=False)
     _version: int | None = None
     _checked: float = 0.0
     _forced: float = 0.0
@@ -109,6 +110,7 @@ class ConfigLookup:
             self._version = version
             self._chat_cache.clear()
             self._link_cache.clear()
+            self._key_cache.clear()
 
     async def bot(self, phone_number_id: str) -> BotView | None:
         await self._maybe_invalidate()
@@ -148,6 +150,15 @@ class ConfigLookup:
             link = await self.users.get(bot.id, sender_id)
             self._link_cache[key] = getattr(link, "onyx_user_email", None) if link else None
         return self._link_cache[key]
+
+    async def linked_onyx_key(self, bot: BotView | None, sender_id: str) -> str | None:
+        """The sender's own Onyx key when an admin linked one (answers then use their access)."""
+        if bot is None:
+            return None
+        key = (bot.id, sender_id)
+        if key not in self._key_cache:
+            self._key_cache[key] = await self.users.onyx_api_key(bot.id, sender_id)
+        return self._key_cache[key]
 
     async def aclose(self) -> None:
         return None

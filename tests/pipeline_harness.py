@@ -68,6 +68,27 @@ class Pipeline:
         finally:
             await engine.dispose()
 
+    async def link_user(self, bot: TestBot, user_id: str, **fields: Any) -> Any:
+        """Link a WhatsApp user of ``bot`` (see ``store.repo.UserLinkRepository.upsert``)."""
+        from sqlalchemy import select
+
+        from store.crypto import SecretBox, attach_secret_box, resolve_encryption_key
+        from store.db import make_engine, session_factory
+        from store.models import WhatsAppBot
+        from store.repo import UserLinkRepository
+
+        engine = make_engine(self.settings.sqlalchemy_url)
+        attach_secret_box(engine, SecretBox(resolve_encryption_key(self.settings)))
+        try:
+            sessions = session_factory(engine)
+            async with sessions() as session:
+                bot_id = await session.scalar(
+                    select(WhatsAppBot.id).where(WhatsAppBot.phone_number_id == bot.phone_number_id)
+                )
+            return await UserLinkRepository(sessions).upsert(bot_id, user_id, **fields)
+        finally:
+            await engine.dispose()
+
     async def onyx(self, method: str, path: str, body: Any = None) -> Any:
         """Call the fake Onyx's control API (``/_fake/...``)."""
         async with self.http.request(method, f"{self.onyx_url}{path}", json=body) as resp:

@@ -239,6 +239,31 @@ async def test_onyx_backend_session_persona_filters_feedback_and_tenant_keys(pip
     )
 
 
+async def test_linked_user_asks_with_their_own_onyx_identity(pipeline):
+    """A user an admin linked to an Onyx account is answered with that account's key (their
+    document access); an unlinked user of the same bot with the bot's key."""
+    bot = await _onyx_bot(pipeline, "key-bot-linked")
+    linked, unlinked = "15550000016", "15550000017"
+    await pipeline.link_user(
+        bot, linked, onyx_user_email="ana@example.com", onyx_api_key="key-user-ana"
+    )
+    meta = pipeline.meta(bot)
+    await meta.send_text(bot.phone_number_id, linked, "How many vacation days do I get?")
+    await meta.send_text(bot.phone_number_id, unlinked, "How do I connect to the VPN?")
+    await pipeline.wait_for(linked, 2)
+    await pipeline.wait_for(unlinked, 2)
+    sends = {
+        r["body"]["message"]: r["key_sha256"]
+        for r in await pipeline.onyx("GET", "/_fake/requests")
+        if r["path"] == "/api/chat/send-chat-message"
+        and r["key_sha256"] in (_sha("key-user-ana"), _sha("key-bot-linked"))
+    }
+    assert sends == {
+        "How many vacation days do I get?": _sha("key-user-ana"),
+        "How do I connect to the VPN?": _sha("key-bot-linked"),
+    }
+
+
 async def test_onyx_failure_becomes_a_polite_reply_not_silence(pipeline):
     bot = await _onyx_bot(pipeline, "key-failing")
     user = "15550000012"

@@ -11,8 +11,17 @@ from store.db import make_engine
 from store.migrate import current, downgrade, head, migrations_dir, upgrade
 from store.models import Base
 
-TABLES = {"wa_bot", "wa_chat_config", "wa_user_link", "wa_config_version", "wa_tenant_usage"}
-LATEST = "0002"
+TABLES = {
+    "wa_bot",
+    "wa_chat_config",
+    "wa_user_link",
+    "wa_config_version",
+    "wa_tenant_usage",
+    "wa_audit_log",
+    "wa_question_fact",
+    "wa_feedback_fact",
+}
+LATEST = "0003"
 
 
 async def _tables(url: str) -> set[str]:

@@ -111,7 +111,7 @@ async def test_enable_update_rotate(store) -> None:
     assert (await store.bots.get(bot.id)).answer_backend == "local"  # failed update left no trace
 
 
-async def test_config_version_bumps_on_config_writes_only(store) -> None:
+async def test_config_version_bumps_on_config_and_link_writes_only(store) -> None:
     assert await store.bots.config_version() == 0
     bot = await _bot(store)
     v1 = await store.bots.config_version()
@@ -121,12 +121,13 @@ async def test_config_version_bumps_on_config_writes_only(store) -> None:
     assert v2 == 2
     await store.bots.update_bot(bot.phone_number_id, name=bot.name)  # no real change
     assert await store.bots.config_version() == 2
-    await store.users.upsert(bot.id, "4915100000001", language="de")  # not bot config
-    assert await store.bots.config_version() == 2
-    await store.bots.set_enabled(bot.phone_number_id, False)
+    # user links are cached by workers too (linked identity): a change must reach them
+    await store.users.upsert(bot.id, "4915100000001", language="de")
     assert await store.bots.config_version() == 3
-    await store.bots.delete_bot(bot.phone_number_id)
+    await store.bots.set_enabled(bot.phone_number_id, False)
     assert await store.bots.config_version() == 4
+    await store.bots.delete_bot(bot.phone_number_id)
+    assert await store.bots.config_version() == 5
 
 
 async def test_chat_config_precedence(store) -> None:

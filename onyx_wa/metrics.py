@@ -35,6 +35,9 @@ THROTTLE_WAIT = Histogram(
 )
 PAUSED_BOTS = Gauge("onyx_wa_paused_bots", "Bots whose sending is paused by a stop-and-alert code")
 DLQ = Counter("onyx_wa_dlq_total", "Outbound messages sent to the DLQ", ["code"])
+CONVERSATIONS_EXPIRED = Counter(
+    "onyx_wa_conversations_expired_total", "Idle conversations dropped from the state table"
+)
 QUOTA_REJECTED = Counter("onyx_wa_quota_rejected_total", "Questions over quota", ["scope"])
 FEEDBACK_FORWARDED = Counter(
     "onyx_wa_feedback_forwarded_total", "Feedback events sent to Onyx, by outcome", ["outcome"]

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     store: Literal["memory", "rocksdb"] = "memory"
     dedupe_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
     conversation_idle_ttl_s: float = Field(default=30 * 24 * 3600, gt=0)
+    conversation_sweep_interval_s: float = Field(
+        default=600.0, gt=0, description="How often idle conversations are expired (tombstoned)."
+    )
     history_turns: int = Field(default=6, ge=0, le=50)
     user_questions_per_minute: int = Field(default=10, ge=1)
     tenant_questions_per_minute: int = Field(default=600, ge=1)

@@ -299,6 +299,19 @@ def register(app: faust.App, ctx: StageContext) -> None:
     }
     source = ctx.topics.merged(t.INBOUND, t.ANSWER_RESULTS, t.OUTBOUND_RESULTS)
     idle_ms = int(settings.conversation_idle_ttl_s * 1000)
+    inbound_topic = ctx.topics.name(t.INBOUND)
+
+    @app.timer(settings.conversation_sweep_interval_s, name="conversation-expiry")
+    async def expire_idle_conversations() -> None:
+        from streams.expiry import expire_idle, owned_partitions
+
+        await expire_idle(
+            table,
+            now_ms=_now_ms(),
+            idle_ms=idle_ms,
+            partitions=settings.partitions,
+            owned=owned_partitions(app, inbound_topic),
+        )
 
     @app.agent(source, name="conversation")
     async def conversation(stream: faust.StreamT) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from onyx_wa.topics import INBOUND
 from streams.addressing import request_id_for
 from tests.pipeline_harness import start_pipeline, stop_pipeline
 
@@ -290,3 +291,130 @@ async def test_tenant_quota_answers_with_a_limit_message(pipeline):
     assert len(third) == 1 and "a lot of questions" in third[0]["body"]
     for user in users[:2]:
         assert any("[1]" in r.get("body", "") for r in await pipeline.sent_to(user))
+
+
+async def test_idle_conversation_is_expired_from_the_table_and_its_changelog(pipeline):
+    """The expiry sweep drops an idle chat locally and tombstones it in the changelog (so a
+    restart's recovery cannot bring it back); the chat's next message starts fresh."""
+    import json
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.expiry import expire_idle, owned_partitions, partition_of
+
+    bot = await pipeline.add_bot()
+    user = "15550000018"
+    meta = pipeline.meta(bot)
+    await meta.send_text(bot.phone_number_id, user, "/lang es")
+    await pipeline.wait_for(user, 1, settle_s=0)
+    await meta.send_text(bot.phone_number_id, user, "hello")
+    [_, greeting] = await pipeline.wait_for(user, 2)
+    assert greeting["body"].startswith("¡Hola!")  # the state holds the language
+
+    worker = pipeline.worker
+    table = worker.ctx.resources["conversations"]
+    key = f"{bot.tenant_id}:{user}"
+    assert key in table.data
+    inbound = worker.ctx.topics.name(INBOUND)
+    owned = owned_partitions(worker.app, inbound)
+    assert partition_of(key, pipeline.settings.partitions) in owned
+    now = int(time.time() * 1000)
+    still_active = await expire_idle(
+        table, now_ms=now, idle_ms=3_600_000, partitions=pipeline.settings.partitions,
+        owned=owned, keys=[key],
+    )  # fmt: skip
+    assert still_active == 0 and key in table.data
+    expired = await expire_idle(
+        table, now_ms=now + 10_000, idle_ms=1, partitions=pipeline.settings.partitions,
+        owned=owned, keys=[key],
+    )  # fmt: skip
+    assert expired == 1 and key not in table.data
+    await worker.app.producer.flush()
+
+    changelog = table.changelog_topic.get_topic_name()
+    consumer = AIOKafkaConsumer(bootstrap_servers=pipeline.settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        tp = TopicPartition(changelog, partition_of(key, pipeline.settings.partitions))
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        values = []
+        for _ in range(20):
+            batch = await consumer.getmany(tp, timeout_ms=300)
+            values += [r.value for r in batch.get(tp, []) if r.key == json.dumps(key).encode()]
+            if values and values[-1] is None:
+                break
+    finally:
+        await consumer.stop()
+    assert values and values[0] is not None and values[-1] is None  # state, then tombstone
+
+    await meta.send_text(bot.phone_number_id, user, "hello")
+    replies = await pipeline.wait_for(user, 3)
+    assert replies[-1]["body"].startswith("Hello!")  # a fresh conversation: default language
+
+
+async def test_invalid_payloads_land_in_the_invalid_topic_and_processing_continues(pipeline):
+    """Bytes that are not Avro, a delivery whose body is not JSON and one whose message lacks
+    its id go to the invalid topic with a reason and the raw bytes; the partition keeps
+    flowing: a question sent right after them is answered."""
+    import time
+    import uuid
+
+    from onyx_wa import topics as t
+    from onyx_wa.kafka import start_producer
+    from schemas.codec import get_codec
+    from sim import meta as m
+    from tests.test_ingress_http import read_topic
+
+    bot = await pipeline.add_bot()
+    user = "15550000019"
+    settings = pipeline.settings
+    raw_topic = t.full_name(t.RAW, settings.topic_prefix)
+    marker = uuid.uuid4().hex
+
+    def raw(body: bytes) -> bytes:
+        return get_codec().encode(
+            "RawWebhook",
+            {
+                "delivery_id": f"{marker}-{uuid.uuid4().hex[:6]}",
+                "received_at": int(time.time() * 1000),
+                "body": body,
+                "headers": {"Content-Type": "application/json"},
+                "tenant_ids": [bot.tenant_id],
+                "phone_number_ids": [bot.phone_number_id],
+                "routed": True,
+            },
+        )
+
+    no_id = m.text_message(user, "a message without its id")
+    no_id.pop("id")
+    bad = [
+        b"\x00\x01garbage-" + marker.encode(),
+        raw(b'{"object": "whatsapp_business_account", "entry": [' + marker.encode()),
+        raw(m.serialise(m.notification(bot.phone_number_id, messages=[no_id]))),
+    ]
+    question = m.text_message(user, "How do I connect to the VPN?")
+    good = raw(m.serialise(m.notification(bot.phone_number_id, messages=[question])))
+    producer = await start_producer(settings)
+    try:  # one key, so one partition: the question comes after the bad records
+        for value in [*bad, good]:
+            await producer.send_and_wait(raw_topic, value, key=marker.encode())
+    finally:
+        await producer.stop()
+    replies = await pipeline.wait_for(user, 2)
+    assert any("[1]" in r.get("body", "") for r in replies)
+
+    invalid_topic = t.full_name(t.INVALID, settings.topic_prefix)
+    found = []
+    for _ in range(20):
+        found = [
+            e for e in await read_topic(settings, invalid_topic, 0, 0.5)
+            if marker.encode() in (e["raw"] or b"") or marker in (e.get("delivery_id") or "")
+        ]  # fmt: skip
+        if len(found) >= 3:
+            break
+    assert len(found) == 3, found
+    assert all(e["reason"] and e["raw"] for e in found)
+    assert {e["stage"] for e in found} == {"preprocess"}
+    assert any(e["raw"] == bad[0] for e in found)  # the undecodable bytes are kept as they were

@@ -400,6 +400,12 @@ class BotRepository:
             row = await session.get(WhatsAppBot, bot_id)
             return _config(row) if row is not None else None
 
+    async def get_summary(self, bot_id: int) -> BotSummary | None:
+        """One bot, secrets masked; like :meth:`list_bots` it never decrypts anything."""
+        async with self.sessions() as session:
+            row = (await session.execute(_summary_select().where(WhatsAppBot.id == bot_id))).first()
+            return _summary_from_row(row._mapping) if row is not None else None
+
     async def all_enabled(self) -> list[BotConfig]:
         async with self.sessions() as session:
             rows = await session.scalars(
@@ -553,6 +559,13 @@ class ChatConfigRepository:
                 raise DuplicateError(f"bot {bot_id} already has {what}") from None
             return _chat_view(row, "default" if is_default else "exact")
 
+    async def get(self, config_id: int) -> ChatConfigView | None:
+        async with self.sessions() as session:
+            row = await session.get(WhatsAppChatConfig, config_id)
+            if row is None:
+                return None
+            return _chat_view(row, "default" if row.is_default else "exact")
+
     async def list_for_bot(self, bot_id: int) -> list[ChatConfigView]:
         async with self.sessions() as session:
             rows = await session.scalars(
@@ -649,6 +662,23 @@ class UserLinkRepository:
             )
             return _link(row) if row is not None else None
 
+    async def link_index(self, bot_id: int) -> dict[str, tuple[str | None, bool]]:
+        """Every linked user of a bot: ``user_id -> (onyx_user_email, has_own_onyx_key)``.
+
+        Why: workers look a link up for every message; one query per bot (re-run when the
+        config version changes) replaces one query per new conversation. Keys stay encrypted
+        and unread here; only whether one exists.
+        """
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(
+                    WhatsAppUserLink.user_id,
+                    WhatsAppUserLink.onyx_user_email,
+                    WhatsAppUserLink.onyx_api_key.is_not(None),
+                ).where(WhatsAppUserLink.bot_id == bot_id)
+            )
+            return {user: (email, bool(has_key)) for user, email, has_key in rows.all()}
+
     async def upsert(
         self,
         bot_id: int,
@@ -701,6 +731,21 @@ class UserLinkRepository:
                 await session.refresh(row)
                 return _link(row)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_for_bot(
+        self, bot_id: int, *, after: str | None = None, limit: int = 100
+    ) -> list[UserLink]:
+        """A bot's links ordered by user id; ``after`` is the last user id of the previous page."""
+        stmt = (
+            select(WhatsAppUserLink)
+            .where(WhatsAppUserLink.bot_id == bot_id)
+            .order_by(WhatsAppUserLink.user_id)
+            .limit(limit)
+        )
+        if after is not None:
+            stmt = stmt.where(WhatsAppUserLink.user_id > after)
+        async with self.sessions() as session:
+            return [_link(row) for row in (await session.scalars(stmt)).all()]
 
     async def onyx_api_key(self, bot_id: int, user_id: str) -> str | None:
         """The linked user's own Onyx key, decrypted: only for the answer stage's requests."""

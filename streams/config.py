@@ -1,9 +1,11 @@
 """Bot and chat configuration for the workers, from the database through caches.
 
 Why caches: every inbound message needs its bot and chat config, and a database query per event
-would cap throughput at the database's. Bots come from the store's ``BotDirectory`` snapshot and
-chat configs are memoized per chat; both are dropped when the store's config version changes
-(checked at most every ``bot_cache_ttl_s``), so an admin's change reaches running workers.
+would cap throughput at the database's (it did: two queries per new conversation were 70% of the
+streams worker's time). Bots come from the store's ``BotDirectory`` snapshot; a bot's chat
+configs and user links are loaded once per bot and matched in memory, so memory does not grow
+with the number of chats. All are dropped when the store's config version changes (checked at
+most every ``bot_cache_ttl_s``), so an admin's change reaches running workers.
 """
 
 from __future__ import annotations
@@ -61,6 +63,27 @@ def chat_settings_from_view(view: Any, bot: Any) -> ChatSettings:
 
 
 @dataclass
+class ChatIndex:
+    """A bot's chat configs matched in memory: exact (kind, id) first, then the default."""
+
+    exact: dict[tuple[str, str], ChatSettings]
+    default: ChatSettings
+
+    @classmethod
+    def build(cls, views: list[Any], bot: Any) -> ChatIndex:
+        exact = {
+            (v.match_kind, v.match_value): chat_settings_from_view(v, bot)
+            for v in views
+            if not v.is_default and v.match_value
+        }
+        default_view = next((v for v in views if v.is_default), None)
+        return cls(exact, chat_settings_from_view(default_view, bot))
+
+    def lookup(self, chat_id: str, is_group: bool) -> ChatSettings:
+        return self.exact.get(("group" if is_group else "wa_id", chat_id), self.default)
+
+
+@dataclass
 class BotView:
     """The parts of a bot the stages use; secrets stay inside (never logged, masked repr)."""
 
@@ -91,8 +114,9 @@ class ConfigLookup:
     users: Any  # store.repo.UserLinkRepository
     ttl_s: float = 30.0
     sessions: Any = None  # the session factory, for stages that keep shared counters
-    _chat_cache: dict[tuple[Any, str, bool], ChatSettings] = field(default_factory=dict)
-    _link_cache: dict[tuple[Any, str], str | None] = field(default_factory=dict)
+    # per bot, not per chat or user: memory stays flat however many conversations there are
+    _chat_index: dict[Any, ChatIndex] = field(default_factory=dict)
+    _link_index: dict[Any, dict[str, tuple[str | None, bool]]] = field(default_factory=dict)
     _key_cache: dict[tuple[Any, str], str | None] = field(default_factory=dict, repr=False)
     _version: int | None = None
     _checked: float = 0.0
@@ -108,8 +132,8 @@ class ConfigLookup:
         version = getattr(self.directory, "version", None)
         if version != self._version:
             self._version = version
-            self._chat_cache.clear()
-            self._link_cache.clear()
+            self._chat_index.clear()
+            self._link_index.clear()
             self._key_cache.clear()
 
     async def bot(self, phone_number_id: str) -> BotView | None:
@@ -135,25 +159,32 @@ class ConfigLookup:
     async def chat(self, bot: BotView | None, chat_id: str, is_group: bool) -> ChatSettings:
         if bot is None:
             return DEFAULT_CHAT
-        key = (bot.id, chat_id, is_group)
-        cached = self._chat_cache.get(key)
-        if cached is None:
-            view = await self.chats.for_chat(bot.id, chat_id, is_group)
-            cached = self._chat_cache[key] = chat_settings_from_view(view, bot)
-        return cached
+        await self._maybe_invalidate()
+        index = self._chat_index.get(bot.id)
+        if index is None:
+            index = ChatIndex.build(await self.chats.list_for_bot(bot.id), bot)
+            self._chat_index[bot.id] = index
+        return index.lookup(chat_id, is_group)
+
+    async def _links(self, bot: BotView) -> dict[str, tuple[str | None, bool]]:
+        await self._maybe_invalidate()
+        links = self._link_index.get(bot.id)
+        if links is None:
+            links = self._link_index[bot.id] = await self.users.link_index(bot.id)
+        return links
 
     async def linked_email(self, bot: BotView | None, sender_id: str) -> str | None:
         if bot is None:
             return None
-        key = (bot.id, sender_id)
-        if key not in self._link_cache:
-            link = await self.users.get(bot.id, sender_id)
-            self._link_cache[key] = getattr(link, "onyx_user_email", None) if link else None
-        return self._link_cache[key]
+        link = (await self._links(bot)).get(sender_id)
+        return link[0] if link else None
 
     async def linked_onyx_key(self, bot: BotView | None, sender_id: str) -> str | None:
         """The sender's own Onyx key when an admin linked one (answers then use their access)."""
         if bot is None:
+            return None
+        link = (await self._links(bot)).get(sender_id)
+        if not link or not link[1]:
             return None
         key = (bot.id, sender_id)
         if key not in self._key_cache:

@@ -11,7 +11,6 @@ emitted straight to the outbound topic with deterministic ids.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -20,6 +19,7 @@ import faust
 
 from onyx_wa import topics as t
 from onyx_wa.metrics import DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATENCY
+from schemas.codec import get_codec
 from streams import state as st
 from streams.addressing import reply_target, request_id_for
 from streams.app import StageContext
@@ -313,17 +313,22 @@ def register(app: faust.App, ctx: StageContext) -> None:
             owned=owned_partitions(app, inbound_topic),
         )
 
+    send = ctx.topics.send
+    decode = get_codec().decode  # the source is read raw: a corrupt record is an invalid event
+    counted = {o: STAGE_EVENTS.labels("conversation", o) for o in set(names.values())}
+    stage_latency = STAGE_LATENCY.labels("conversation")
+
     @app.agent(source, name="conversation")
     async def conversation(stream: faust.StreamT) -> None:
         config: ConfigLookup = ctx.resources["config"]
         async for event in stream.events():
             started = time.perf_counter()
             key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
-            value = event.value
             origin = names.get(event.message.topic, "inbound")
             handler = ConversationHandler(ctx, config)
             state = st.load(table.get(key), now_ms=_now_ms(), idle_ttl_ms=idle_ms)
             try:
+                value = decode(event.value)
                 if origin == "inbound":
                     await handler.on_inbound(key, value, state)
                 elif origin == "answer":
@@ -334,12 +339,13 @@ def register(app: faust.App, ctx: StageContext) -> None:
                 log.exception("conversation stage failed on %s event", origin)
                 from streams.preprocess import invalid_record
 
-                await ctx.topics.of(t.INVALID).send(
-                    key=key.encode(),
-                    value=invalid_record(
+                await send(
+                    t.INVALID,
+                    key.encode(),
+                    invalid_record(
                         "conversation",
                         f"{type(exc).__name__}: {exc}",
-                        json.dumps(value, default=str).encode(),
+                        event.value if isinstance(event.value, bytes) else b"",
                         event.message.topic,
                     ),
                 )
@@ -348,6 +354,6 @@ def register(app: faust.App, ctx: StageContext) -> None:
             state["updated_at"] = _now_ms()
             table[key] = state
             for spec, out_key, record in handler.out:
-                await ctx.topics.of(spec).send(key=out_key, value=record)
-            STAGE_EVENTS.labels("conversation", origin).inc()
-            STAGE_LATENCY.labels("conversation").observe(time.perf_counter() - started)
+                await send(spec, out_key, record)
+            counted[origin].inc()
+            stage_latency.observe(time.perf_counter() - started)

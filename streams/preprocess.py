@@ -55,10 +55,13 @@ def invalid_record(stage: str, reason: str, raw: bytes, source_topic: str) -> di
 
 def register(app: faust.App, ctx: StageContext) -> None:
     ctx.topics.of(t.RAW)  # declare it (typed) for tools that list the app's topics
-    inbound = ctx.topics.of(t.INBOUND)
-    statuses = ctx.topics.of(t.STATUSES)
+    ctx.topics.of(t.INBOUND)  # declared for tools; sent through ctx.topics.send
+    ctx.topics.of(t.STATUSES)
     invalid = ctx.topics.of(t.INVALID)
     raw_name = ctx.topics.name(t.RAW)
+    send = ctx.topics.send
+    stage_ok = STAGE_EVENTS.labels("preprocess", "ok")
+    stage_latency = STAGE_LATENCY.labels("preprocess")
     # read raw bytes and decode ourselves: a corrupt record must become an InvalidEvent,
     # not a crashed agent
     source = app.topic(raw_name, key_serializer="raw", value_serializer="raw")
@@ -86,12 +89,12 @@ def register(app: faust.App, ctx: StageContext) -> None:
             )
             for message in result.messages:
                 key = chat_key(message["tenant_id"], message["chat_id"]).encode()
-                await inbound.send(key=key, value=message)
+                await send(t.INBOUND, key, message)
             for status in result.statuses:
                 key = number_key(status["tenant_id"], status["phone_number_id"]).encode()
-                await statuses.send(key=key, value=status)
+                await send(t.STATUSES, key, status)
             for bad in result.invalid:
                 bad.setdefault("source_topic", raw_name)
                 await invalid.send(key=raw["delivery_id"].encode(), value=bad)
-            STAGE_EVENTS.labels("preprocess", "ok").inc()
-            STAGE_LATENCY.labels("preprocess").observe(time.perf_counter() - started)
+            stage_ok.inc()
+            stage_latency.observe(time.perf_counter() - started)

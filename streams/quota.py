@@ -25,8 +25,8 @@ WINDOWS = {"minute": 60, "day": 86_400}
 
 
 def lease_block(limit: int) -> int:
-    """Units taken per database round trip: ~2% of the window's limit, between 1 and 50."""
-    return max(1, min(50, limit // 50))
+    """Units taken per database round trip: ~2% of the window's limit, between 1 and 1,000."""
+    return max(1, min(1000, limit // 50))
 
 
 @dataclass

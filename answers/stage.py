@@ -187,7 +187,12 @@ def register(app: faust.App, ctx: StageContext) -> None:
     requests = ctx.topics.of(t.ANSWER_REQUESTS)
     results = ctx.topics.of(t.ANSWER_RESULTS)
     outbound = ctx.topics.of(t.OUTBOUND)
-    concurrency = max(1, ctx.settings.answer_concurrency_per_tenant)
+    # Faust actors are the worker-wide cap on answers in flight: they must exceed the per-tenant
+    # bound, or one worker would answer only ``answer_concurrency_per_tenant`` questions at once
+    # across all its tenants. The per-tenant semaphores in AnswerService do the bounding.
+    concurrency = max(
+        ctx.settings.answer_concurrency_per_worker, ctx.settings.answer_concurrency_per_tenant
+    )
 
     @app.agent(requests, name="answers", concurrency=concurrency)
     async def answers(stream: faust.StreamT) -> None:

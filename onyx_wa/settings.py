@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # --- processes ---------------------------------------------------------------------------
     ingress_host: str = "127.0.0.1"
     ingress_port: int = Field(default=8080, ge=0, le=65535)
+    admin_host: str = Field(
+        default="127.0.0.1", description="Where the admin API listens; 0.0.0.0 in containers."
+    )
     admin_port: int = Field(default=8081, ge=0, le=65535)
     sim_port: int = Field(default=8090, ge=0, le=65535)
     worker_web_port: int = Field(default=6066, ge=0, le=65535)
@@ -94,6 +97,9 @@ class Settings(BaseSettings):
     # --- answers -----------------------------------------------------------------------------
     corpus_dir: Path | None = Field(default=None, description="Local answer backend documents.")
     answer_concurrency_per_tenant: int = Field(default=32, ge=1)
+    answer_concurrency_per_worker: int = Field(
+        default=512, ge=1, description="Answers in flight per worker across all its tenants."
+    )
     onyx_connect_timeout_s: float = Field(default=5.0, gt=0)
     onyx_first_byte_timeout_s: float = Field(default=60.0, gt=0)
     onyx_total_timeout_s: float = Field(default=120.0, gt=0)

@@ -19,6 +19,7 @@ from answers.breaker import CircuitBreaker
 from answers.model import Turn
 from answers.ndjson import NDJSONDecoder, NDJSONError, StreamCut, iter_ndjson
 from answers.onyx_client import OnyxClient, OnyxClientPool, OnyxRequestError, build_filters
+from sim.onyx import STATE as ONYX_STATE
 from sim.onyx import build_fake_onyx_app
 
 FAST = {"backoff_base_s": 0.001, "backoff_max_s": 0.01}
@@ -632,3 +633,60 @@ async def test_borrowed_session_is_not_closed(fake_onyx: FakeFactory) -> None:
         OnyxClient("ftp://x", fake.key)
     with pytest.raises(ValueError):
         OnyxClient(fake.url, "")
+
+
+async def test_error_packet_in_a_split_stream_is_an_error_answer(fake_onyx: FakeFactory) -> None:
+    """An error object arriving in 3-byte pieces is still recognised, with Onyx's message."""
+    fake = await fake_onyx(chunk_bytes=3)
+    await fake.faults(error_packet=True, retryable=False)
+    client = fake.client(max_retries=3)
+    try:
+        answer = await client.answer("How many vacation days do I get?", persona_id=1)
+    finally:
+        await client.aclose()
+    assert answer.error == "onyx_error: VALIDATION_ERROR: The LLM provider returned an error."
+    assert answer.text == "" and answer.sources == [] and not answer.error_retryable
+    # the session Onyx announced before the error is kept for the next attempt or follow-up
+    assert uuid.UUID(answer.chat_session_id or "")
+    assert len(await fake.requests()) == 1
+
+
+async def test_one_tenants_open_breaker_does_not_stop_another(fake_onyx: FakeFactory) -> None:
+    fake_a, fake_b = await fake_onyx(), await fake_onyx()
+    pool = OnyxClientPool(max_retries=0, failure_threshold=2, reset_timeout_s=60)
+    await fake_a.faults(status=500)
+    try:
+        client_a = pool.get("tenant-a", fake_a.url, fake_a.key)
+        client_b = pool.get("tenant-b", fake_b.url, fake_b.key)
+        for _ in range(2):
+            assert (await client_a.answer("vacation?")).error is not None
+        assert client_a.breaker.state == "open" and client_b.breaker.state == "closed"
+        short = await client_a.answer("vacation?")
+        assert short.error is not None and "circuit open" in short.error
+        answered = await client_b.answer("How many vacation days do I get?")
+        assert answered.error is None and "25 vacation days" in answered.text
+    finally:
+        await pool.aclose()
+    assert len(await fake_a.requests()) == 2  # the open breaker kept A's traffic off its Onyx
+    assert {r["key_sha256"] for r in await fake_b.requests()} == {sha(fake_b.key)}
+
+
+async def test_linked_user_key_is_a_separate_client_sharing_the_tenant_breaker(
+    fake_onyx: FakeFactory,
+) -> None:
+    """A linked user's own key is sent for their questions only; the bot's key stays the bot's."""
+    fake = await fake_onyx()
+    user_key = f"on_user_{uuid.uuid4().hex}"
+    fake.runner.app[ONYX_STATE].api_keys.add(user_key)  # type: ignore[union-attr]
+    pool = OnyxClientPool(max_retries=0)
+    try:
+        bot = pool.get("tenant-l", fake.url, fake.key)
+        user = pool.get("tenant-l", fake.url, user_key, user_id="15550001111")
+        assert user is not bot and user.breaker is bot.breaker
+        assert pool.get("tenant-l", fake.url, fake.key) is bot  # the user's client retired nothing
+        assert (await user.answer("How many vacation days do I get?")).error is None
+        assert (await bot.answer("How do I set up the VPN?")).error is None
+    finally:
+        await pool.aclose()
+    keys = [r["key_sha256"] for r in await fake.requests()]
+    assert keys == [sha(user_key), sha(fake.key)]

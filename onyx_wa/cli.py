@@ -327,6 +327,20 @@ def sim(
     run_service(lambda stop: serve_sim(settings, stop, onyx_port=onyx_port))
 
 
+@app.command("admin")
+@friendly
+def admin_command(
+    port: int = typer.Option(None, help="Port (default ONYX_WA_ADMIN_PORT, 8081)."),
+    host: str = typer.Option(None, help="Interface (default ONYX_WA_ADMIN_HOST, 127.0.0.1)."),
+) -> None:
+    """Run the admin API: bots, chat configs, user links, audit log (see /openapi.json)."""
+    from admin.app import serve_admin
+    from onyx_wa.runtime import run_service
+
+    settings = settings_from_env(admin_port=port, admin_host=host)
+    run_service(lambda stop: serve_admin(settings, stop))
+
+
 @app.command()
 @friendly
 def up() -> None:

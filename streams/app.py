@@ -117,11 +117,13 @@ def build_app(
 
         patch_faust_for_tansu()
     store = "memory://" if settings.store == "memory" else "rocksdb://"
+    datadir = settings.data_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)  # RocksDB does not create missing parents
     app = faust.App(
         app_id(settings, roles),
         **faust_broker_settings(settings),
         store=store,
-        datadir=str(settings.data_dir / "faust"),
+        datadir=str(datadir),
         web_enabled=False,
         autodiscover=False,
         table_standby_replicas=0,

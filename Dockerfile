@@ -15,6 +15,7 @@ COPY sim ./sim
 COPY ops ./ops
 COPY admin ./admin
 COPY bench ./bench
+COPY analytics ./analytics
 RUN pip install --no-cache-dir '.[rocksdb,parquet]' && useradd --create-home app \
     && mkdir -p /data && chown app /data
 USER app

@@ -28,6 +28,7 @@ from admin.auth import Principal
 from admin.errors import ApiError, bad_request, forbidden, not_found
 from onyx_wa.logs import hash_id
 from store.models import WhatsAppBot, WhatsAppChatConfig
+from store.privacy import forget_user_rows
 from store.repo import (
     SECRET_FIELDS,
     BotSummary,
@@ -513,6 +514,54 @@ async def delete_user_link(call: Call) -> None:
     logged(pending)
 
 
+async def delete_user_data(call: Call) -> s.UserDataDeleted:
+    """Forget a user of the bot's tenant: Kafka state first (a forget request), then rows.
+
+    The request is published before anything is deleted: if the broker is down the call fails
+    with 503 and nothing changed, so a retry does everything; the database deletion and its
+    audit row are one transaction. Idempotent: a repeat deletes nothing more and answers 202.
+    """
+    from streams.conversation import forget_request
+
+    bot = await visible_bot(call)
+    user_id = user_id_of(call)
+    publish = call.ctx.forget_publisher
+    if publish is None:
+        raise ApiError(503, "unavailable", "no Kafka producer configured for forget requests")
+    request = forget_request(bot.tenant_id, user_id, source="admin")
+    try:
+        await publish(f"{bot.tenant_id}:{user_id}", request)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: nothing deleted, retry
+        log.warning("forget request not published: %s", type(exc).__name__)
+        raise ApiError(
+            503, "unavailable", "the Kafka broker did not accept the forget request; retry"
+        ) from None
+    pending = pending_for(
+        call.principal,
+        tenant_id=bot.tenant_id,
+        action="user.forget",
+        object_type="user",
+        object_id=user_object_id(bot.id, user_id),
+    )
+    report = await forget_user_rows(
+        call.ctx.sessions,
+        bot.tenant_id,
+        user_id,
+        settings=getattr(call.ctx, "settings", None),
+        audit=pending.values(),
+    )
+    pending.recorded = True
+    logged(pending)
+    call.request[STATUS_KEY] = 202
+    return s.UserDataDeleted(
+        tenant_id=bot.tenant_id,
+        user_id=user_id,
+        conversation="tombstone_requested",
+        forget_id=request["forget_id"],
+        **report.as_dict(),
+    )
+
+
 # --- audit --------------------------------------------------------------------------------------
 
 
@@ -547,6 +596,7 @@ PATH_PATTERNS = {
     "config_id": r"[0-9]{1,18}",
     "secret": r"[a-z_]{1,32}",
     "user_id": r"[^/]{1,512}",
+    "tenant_id": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
 }
 
 ROUTES: tuple[Route, ...] = (
@@ -595,6 +645,13 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", USER, delete_user_link, "deleteUserLink",
           "Delete a user link (the user's link and preferences)", "user-links", status=204,
           errors=(404,)),
+    Route("DELETE", f"{USER}/data", delete_user_data, "deleteUserData",
+          "Forget a user: conversation state, user links and analytics rows", "user-links",
+          response=s.UserDataDeleted, status=202, errors=(404, 503),
+          description="Publishes a forget request (the conversation worker tombstones the "
+          "chat's state) and deletes the user's links on every bot of the tenant and their "
+          "analytics facts; see docs/privacy.md. 503 when the broker is unavailable (nothing "
+          "is deleted then)."),
     Route("GET", f"{API}/audit", list_audit, "listAudit", "The audit log, newest first",
           "audit", response=s.AuditList,
           query=(TENANT_FILTER, Param("action", description="e.g. bot.update"),

@@ -5,8 +5,9 @@ Layout (so the web UI and the analytics API can be added without touching what e
 - ``/healthz``, ``/readyz``: liveness and readiness, no token.
 - ``/openapi.json``: the OpenAPI 3.1 document of every route table passed in, no token.
 - ``/api/...``: JSON routes from route tables (``admin.api.ROUTES`` and any extra ones), all
-  behind bearer tokens; the UI's static files can be mounted beside them with
-  ``app.router.add_static`` (they need no token: the UI calls the API with one).
+  behind bearer tokens.
+- ``/ui/``: the web UI's static files (``admin.ui``; no token: the UI calls the API with one);
+  ``/`` redirects there.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class AdminContext:
     box: SecretBox
     auth: TokenAuth
     ready_check: Callable[[], Awaitable[dict[str, bool]]] | None = None
+    # publishes a ForgetRequest (key, record) to wa.forget; None: deleting user data is refused
+    forget_publisher: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+    settings: Settings | None = None  # for the user-hash secret (store.privacy)
+    # GET /api/v1/lag: groups -> the ops.lag report dict; None: admin.lag.LagSource(settings)
+    lag_source: Callable[[list[str] | None], Awaitable[dict[str, Any]]] | None = None
 
     def _sessions(self, pending: PendingAudit | None) -> Sessions:
         return audited_sessions(self.sessions, pending) if pending is not None else self.sessions
@@ -68,6 +74,44 @@ class AdminContext:
 
 
 CONTEXT_KEY = web.AppKey("admin_context", AdminContext)
+
+
+class ForgetPublisher:
+    """Publishes ForgetRequest records to ``wa.forget``; the producer starts on first use.
+
+    Why lazily: the admin API must start (and serve everything else) while the broker is down;
+    only deleting user data needs Kafka, and answers 503 until the broker is back.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> Any:
+        async with self._lock:
+            if self._producer is None:
+                from onyx_wa.kafka import start_producer
+
+                self._producer = await start_producer(self.settings)
+            return self._producer
+
+    async def __call__(self, key: str, record: dict[str, Any]) -> None:
+        from onyx_wa import topics as t
+        from schemas.codec import get_codec
+
+        producer = await self._started()
+        data = get_codec().encode(t.FORGET.schema, record)
+        name = t.full_name(t.FORGET, self.settings.topic_prefix)
+        await asyncio.wait_for(
+            producer.send_and_wait(name, data, key=key.encode()),
+            timeout=self.settings.publish_timeout_s,
+        )
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
 
 
 @web.middleware
@@ -133,9 +177,16 @@ def router_path(path: str) -> str:
 
 
 def create_app(
-    context: AdminContext, *, extra_routes: Iterable[Route] = (), title: str = "onyx-wa admin API"
+    context: AdminContext,
+    *,
+    extra_routes: Iterable[Route] = (),
+    title: str = "onyx-wa admin API",
+    ui: bool = True,
 ) -> web.Application:
-    """The admin application for ``context``; ``extra_routes`` adds more API route tables."""
+    """The admin application for ``context``; ``extra_routes`` adds more API route tables.
+
+    ``ui``: serve the web UI's static files at ``/ui/`` (``admin.ui``).
+    """
     routes = (*ROUTES, *extra_routes)
     app = web.Application(
         middlewares=[access_middleware, error_middleware, auth_middleware],
@@ -160,6 +211,10 @@ def create_app(
     app.router.add_get("/openapi.json", openapi)
     for route in routes:
         app.router.add_route(route.method, router_path(route.path), _handler(route))
+    if ui:
+        from admin.ui import mount_ui
+
+        mount_ui(app)
     return app
 
 
@@ -187,6 +242,9 @@ async def start_admin(
     if await asyncio.to_thread(current, settings.sqlalchemy_url) != head_rev:
         raise StartupError("the database is not migrated: run `onyx-wa db upgrade` first")
     box = SecretBox(resolve_encryption_key(settings))
+    from store.privacy import configure as configure_hashing
+
+    configure_hashing(settings)
     engine = make_engine(settings.sqlalchemy_url)
 
     async def ready_check() -> dict[str, bool]:
@@ -200,10 +258,20 @@ async def start_admin(
             rev = None
         return {"database": True, "schema_current": rev == head_rev}
 
+    publisher = ForgetPublisher(settings)
     context = AdminContext(
-        sessions=session_factory(engine), box=box, auth=auth, ready_check=ready_check
+        sessions=session_factory(engine),
+        box=box,
+        auth=auth,
+        ready_check=ready_check,
+        forget_publisher=publisher,
+        settings=settings,
     )
-    runner = web.AppRunner(create_app(context), access_log=None)
+    from admin.lag import ROUTES as LAG_ROUTES
+    from analytics.api import ROUTES as ANALYTICS_ROUTES
+
+    app = create_app(context, extra_routes=(*ANALYTICS_ROUTES, *LAG_ROUTES))
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or settings.admin_host, settings.admin_port if port is None
                        else port)  # fmt: skip
@@ -211,16 +279,18 @@ async def start_admin(
         await site.start()
     except BaseException:
         await runner.cleanup()
+        await publisher.close()
         await engine.dispose()
         raise
     bound = site._server.sockets[0].getsockname()[1] if site._server else 0  # type: ignore[union-attr]
 
     async def close() -> None:
         await runner.cleanup()
+        await publisher.close()
         await engine.dispose()
 
     log.info(
-        "admin API on http://%s:%d (%d token(s)); OpenAPI at /openapi.json",
+        "admin API on http://%s:%d (%d token(s)); OpenAPI at /openapi.json, web UI at /ui/",
         host or settings.admin_host,
         bound,
         len(auth),

@@ -29,6 +29,11 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
         "maxLength": 128,
         "description": "The user's BSUID when known, else their wa_id (URL-encoded).",
     },
+    "tenant_id": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        "description": "The tenant's id.",
+    },
 }
 
 ERROR_TEXT = {
@@ -37,6 +42,7 @@ ERROR_TEXT = {
     403: "The token's role may not do this",
     404: "No such object (or it belongs to another tenant)",
     409: "Conflict with an existing object",
+    503: "A dependency (the Kafka broker) is unavailable; nothing was changed, retry",
 }
 
 
@@ -91,7 +97,8 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if route.status == 204 or route.response is None:
         responses[str(route.status)] = {"description": "Done (no content)"}
     else:
-        responses[str(route.status)] = _json(schemas.ref(route.response, "serialization"), "OK")
+        text = "Accepted" if route.status == 202 else "OK"
+        responses[str(route.status)] = _json(schemas.ref(route.response, "serialization"), text)
         if route.operation_id == "putUserLink":
             responses["201"] = _json(schemas.ref(route.response, "serialization"), "Created")
     error = schemas.ref(s.Error, "serialization")
@@ -110,6 +117,7 @@ def build_openapi(routes: Iterable[Route], *, title: str = "onyx-wa admin API") 
     """The OpenAPI 3.1 document for ``routes`` plus the fixed health and document endpoints."""
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
+    routes = tuple(routes)
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
     health = schemas.ref(s.Health, "serialization")
@@ -167,6 +175,10 @@ def build_openapi(routes: Iterable[Route], *, title: str = "onyx-wa admin API") 
         },
         "tags": [
             {"name": name}
-            for name in ("auth", "bots", "chat-configs", "user-links", "audit", "health")
-        ],
+            for name in dict.fromkeys(
+                ("auth", "bots", "chat-configs", "user-links", "audit", *(r.tag for r in routes))
+            )
+            if name != "health"
+        ]
+        + [{"name": "health"}],
     }

@@ -230,6 +230,21 @@ class UserLinkOut(BaseModel):
     has_onyx_api_key: bool
 
 
+class UserDataDeleted(BaseModel):
+    """What ``DELETE .../users/{user_id}/data`` removed (database) and requested (Kafka state)."""
+
+    tenant_id: str
+    user_id: str
+    user_links: int = Field(description="User links deleted (on every bot of the tenant).")
+    question_facts: int = Field(description="Analytics question rows deleted.")
+    feedback_facts: int = Field(description="Analytics feedback rows deleted.")
+    conversation: str = Field(
+        description="'tombstone_requested': a forget request was published; the conversation "
+        "worker owning the chat deletes its state (and tombstones the changelog) within seconds."
+    )
+    forget_id: str = Field(description="Id of the published ForgetRequest (wa.forget).")
+
+
 class UserLinkList(BaseModel):
     items: list[UserLinkOut]
     next_after: str | None = Field(description="Pass as ?after= for the next page.")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("codec", "format", "ingress", "streams", "answers", "egress")
+BENCHMARKS = ("codec", "format", "ingress", "streams", "answers", "egress", "e2e")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -45,7 +45,11 @@ def run_benchmark(name: str, *, save: bool = True) -> dict[str, Any]:
     if save:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        (RESULTS_DIR / f"{name}-{stamp}.json").write_text(
-            json.dumps(results, indent=2, default=str)
-        )
+        path = RESULTS_DIR / f"{name}-{stamp}.json"
+        path.write_text(json.dumps(results, indent=2, default=str))
+        if name == "all":
+            from bench.report import write_report
+
+            doc = write_report(results, str(path.relative_to(RESULTS_DIR.parent.parent)))
+            print(f"results: {path}; table: {doc}", flush=True)
     return results if name == "all" else results[name]

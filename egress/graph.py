@@ -75,12 +75,21 @@ class GraphClient:
     def __repr__(self) -> str:
         return f"GraphClient({self.base_url!r}, {self.version!r})"
 
-    async def _post(self, path: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _post(
+        self, path: str, token: str, payload: dict[str, Any] | str | bytes
+    ) -> dict[str, Any]:
+        """POST JSON; ``payload`` may already be serialised (the outbound record carries the
+        request as JSON text, and posting it as is saves a parse and a re-serialisation)."""
         url = f"{self.base_url}/{self.version}/{path}"
         headers = {"Authorization": f"Bearer {token}"}
+        if isinstance(payload, dict):
+            kwargs: dict[str, Any] = {"json": payload}
+        else:
+            kwargs = {"data": payload.encode() if isinstance(payload, str) else payload}
+            headers["Content-Type"] = "application/json"
         try:
             async with self.session.post(
-                url, json=payload, headers=headers, timeout=self._timeout
+                url, headers=headers, timeout=self._timeout, **kwargs
             ) as resp:
                 data = await _json_or_none(resp)
                 if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
@@ -91,8 +100,11 @@ class GraphClient:
         except aiohttp.ClientError as exc:
             raise GraphApiError(None, f"connection error: {type(exc).__name__}") from None
 
-    async def send_message(self, phone_number_id: str, token: str, payload: dict[str, Any]) -> str:
-        """Send; returns the wamid Meta assigned (acceptance, not delivery)."""
+    async def send_message(
+        self, phone_number_id: str, token: str, payload: dict[str, Any] | str | bytes
+    ) -> str:
+        """Send (``payload`` as a dict or as JSON text); returns the wamid Meta assigned
+        (acceptance, not delivery)."""
         data = await self._post(f"{phone_number_id}/messages", token, payload)
         try:
             return str(data["messages"][0]["id"])

@@ -289,7 +289,9 @@ def bots_list(
 @friendly
 def worker(
     role: list[str] = typer.Option(
-        ["streams", "answers", "egress"], "--role", help="Stages to run (repeatable)."
+        ["streams", "answers", "egress", "analytics"],
+        "--role",
+        help="Stages to run (repeatable): streams, answers, egress, analytics.",
     ),
 ) -> None:
     """Run a Faust worker for the given roles (all by default)."""
@@ -466,7 +468,9 @@ def replay(
 @app.command()
 @friendly
 def bench(
-    name: str = typer.Argument(..., help="codec, format, ingress, streams, answers, egress or all"),
+    name: str = typer.Argument(
+        ..., help="codec, format, ingress, streams, answers, egress, e2e or all"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run a benchmark; prints figures beside a baseline measured in the same run."""

@@ -142,12 +142,48 @@ def planned_topics(settings: Settings, prefix: str | None = None) -> dict[str, i
     return {full_name(spec, pfx): settings.partitions for spec in ALL}
 
 
+def planned_topic_configs(
+    settings: Settings, prefix: str | None = None
+) -> dict[str, dict[str, str]]:
+    """Per-topic configs set at creation: ``retention.ms`` from the retention settings.
+
+    Existing topics are not altered (see docs/privacy.md for ``kafka-configs --alter``).
+    """
+    from onyx_wa.topics import RAW_TOPICS, SHORT_TOPICS
+
+    pfx = settings.topic_prefix if prefix is None else prefix
+
+    def hours(value: float) -> str:
+        return str(int(value * 3600 * 1000))
+
+    configs: dict[str, dict[str, str]] = {}
+    for spec in ALL:
+        if spec in RAW_TOPICS:
+            retention = settings.raw_retention_hours
+        elif spec in SHORT_TOPICS:
+            retention = settings.forget_retention_hours
+        else:
+            retention = settings.event_retention_hours
+        configs[full_name(spec, pfx)] = {
+            "cleanup.policy": "compact" if spec.compacted else "delete",
+            "retention.ms": hours(retention),
+        }
+    return configs
+
+
+def changelog_topic_configs(settings: Settings) -> dict[str, str]:
+    """Configs for Faust table changelogs: how soon compaction drops tombstoned state."""
+    lag_ms = str(int(settings.state_compaction_lag_hours * 3600 * 1000))
+    return {"max.compaction.lag.ms": lag_ms, "segment.ms": lag_ms}
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     topics: Mapping[str, int],
     *,
     replication_factor: int = 1,
     compacted: Iterable[str] = (),
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     """Create missing topics with the given partitions; fail loudly on a partition mismatch.
 
@@ -164,7 +200,10 @@ async def ensure_topics(
                 name,
                 num_partitions=parts,
                 replication_factor=replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
+                topic_configs={
+                    **(dict(configs.get(name, {})) if configs else {}),
+                    **({"cleanup.policy": "compact"} if name in compacted else {}),
+                },
             )
             for name, parts in topics.items()
             if name not in existing
@@ -207,7 +246,10 @@ async def ensure_pipeline_topics(settings: Settings, prefix: str | None = None) 
     """Create every pipeline topic for ``settings`` (used by ``broker``, ``up``, tests)."""
     topics = planned_topics(settings, prefix)
     await ensure_topics(
-        settings.bootstrap_servers, topics, replication_factor=settings.replication_factor
+        settings.bootstrap_servers,
+        topics,
+        replication_factor=settings.replication_factor,
+        configs=planned_topic_configs(settings, prefix),
     )
     return topics
 
@@ -328,6 +370,8 @@ __all__ = [
     "consumer_kwargs",
     "end_offsets",
     "ensure_pipeline_topics",
+    "planned_topic_configs",
+    "changelog_topic_configs",
     "ensure_topics",
     "faust_broker_settings",
     "planned_topics",

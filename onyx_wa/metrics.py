@@ -27,6 +27,11 @@ ANSWER_LATENCY = Histogram(
     ["backend", "outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
 )
+ANSWER_ERRORS = Counter(
+    "onyx_wa_answer_errors_total",
+    "Failed answers by backend and error code (the part of Answer.error before the colon)",
+    ["backend", "code"],
+)
 SENDS = Counter("onyx_wa_sends_total", "Graph API sends by result code", ["result", "code"])
 THROTTLE_WAIT = Histogram(
     "onyx_wa_throttle_wait_seconds",

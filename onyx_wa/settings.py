@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=None,
         description="Fernet key(s), comma-separated, newest first; generated when embedded.",
     )
+    hash_secret: str | None = Field(
+        default=None,
+        description="Secret for user/chat pseudonyms (analytics, logs); default: derived from "
+        "the oldest encryption key. See docs/privacy.md.",
+    )
 
     # --- kafka -------------------------------------------------------------------------------
     topic_prefix: str = ""
@@ -61,6 +66,23 @@ class Settings(BaseSettings):
     )
     kafka_session_timeout_s: float = Field(
         default=10.0, ge=6.0, le=300.0, description="Consumer group session timeout (see kafka.py)."
+    )
+    # retention (docs/privacy.md): applied when a topic is created; change existing topics
+    # with kafka-configs --alter (see the doc)
+    raw_retention_hours: float = Field(
+        default=7 * 24, gt=0, description="wa.webhook.raw / unrouted: raw payloads (retention.ms)."
+    )
+    event_retention_hours: float = Field(
+        default=7 * 24, gt=0, description="Every other pipeline topic (retention.ms)."
+    )
+    forget_retention_hours: float = Field(
+        default=24, gt=0, description="wa.forget: forget requests (they name the user)."
+    )
+    state_compaction_lag_hours: float = Field(
+        default=24,
+        gt=0,
+        description="Changelogs: longest time a deleted (tombstoned) state stays readable before "
+        "compaction removes it (max.compaction.lag.ms, segment.ms).",
     )
 
     # --- processes ---------------------------------------------------------------------------
@@ -123,7 +145,12 @@ class Settings(BaseSettings):
 
     # --- observability -----------------------------------------------------------------------
     log_level: str = "INFO"
-    log_json: bool = False
+    log_format: Literal["json", "console"] | None = Field(
+        default=None,
+        description="json (one JSON object per line) or console; unset: console on a terminal, "
+        "else json.",
+    )
+    log_json: bool = Field(default=False, description="Deprecated: same as log_format=json.")
     admin_tokens: str | None = Field(
         default=None, description="token=role[:tenant], comma-separated (operator|tenant)."
     )
@@ -136,6 +163,8 @@ class Settings(BaseSettings):
         "public_ingress_url",
         "admin_tokens",
         "corpus_dir",
+        "hash_secret",
+        "log_format",
         mode="before",
     )
     @classmethod

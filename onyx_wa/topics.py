@@ -33,6 +33,9 @@ OUTBOUND_RESULTS = TopicSpec(
 )
 OUTBOUND_DLQ = TopicSpec("wa.outbound.dlq", "OutboundResult", "tenant:phone_number_id")
 FEEDBACK = TopicSpec("wa.feedback", "Feedback", "tenant:chat")
+FORGET = TopicSpec(
+    "wa.forget", "ForgetRequest", "tenant:chat (co-partitioned: the chat's owner tombstones it)"
+)
 
 ALL: tuple[TopicSpec, ...] = (
     RAW,
@@ -47,7 +50,12 @@ ALL: tuple[TopicSpec, ...] = (
     OUTBOUND_RESULTS,
     OUTBOUND_DLQ,
     FEEDBACK,
+    FORGET,
 )
+
+# Retention classes (docs/privacy.md): raw webhook bodies, forget requests, everything else.
+RAW_TOPICS: tuple[TopicSpec, ...] = (RAW, UNROUTED)
+SHORT_TOPICS: tuple[TopicSpec, ...] = (FORGET,)
 
 
 def full_name(spec: TopicSpec, prefix: str = "") -> str:

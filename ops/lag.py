@@ -36,15 +36,17 @@ from onyx_wa.settings import Settings
 # Topics each worker role consumes (its Faust agents' sources). Kept static so that the lag tool
 # does not build Faust apps; tests/test_ops_lag.py checks it against streams.app.build_app.
 ROLE_TOPICS: dict[str, tuple[t.TopicSpec, ...]] = {
-    "streams": (t.RAW, t.INBOUND, t.ANSWER_RESULTS, t.OUTBOUND_RESULTS),
-    "answers": (t.ANSWER_REQUESTS,),
+    "streams": (t.RAW, t.INBOUND, t.ANSWER_RESULTS, t.OUTBOUND_RESULTS, t.FORGET),
+    "answers": (t.ANSWER_REQUESTS, t.FEEDBACK),  # feedback-to-onyx (answers.feedback)
     "egress": (t.ANSWER_RESULTS, t.STATUSES, t.OUTBOUND),
+    "analytics": (t.ANSWER_REQUESTS, t.ANSWER_RESULTS, t.FEEDBACK),
 }
 ROLE_SETS: tuple[tuple[str, ...], ...] = (
-    ("answers", "egress", "streams"),
+    ("analytics", "answers", "egress", "streams"),
     ("streams",),
     ("answers",),
     ("egress",),
+    ("analytics",),
 )
 DEFAULT_WINDOW = 10
 RECORD_FETCH_TIMEOUT_S = 5.0

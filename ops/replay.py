@@ -480,6 +480,8 @@ async def rebuild_states(
         for ts, origin, value in heapq.merge(
             *events[key], key=lambda event: (event[0], rank[event[1]])
         ):
+            if state is None and origin != "inbound":
+                continue  # as live: a result never creates state (a forgotten/expired chat)
             record = codec.decode(value)
             handler = ConversationHandler(ctx, config)
             current = st.load(state, now_ms=ts, idle_ttl_ms=idle_ms)
@@ -496,7 +498,7 @@ async def rebuild_states(
                     summary.failed += 1
                 continue
             current["updated_at"] = ts
-            state = current
+            state = None if handler.forget else current  # /forget: tombstoned live too
             if summary is not None:
                 for spec, _, _ in handler.out:
                     summary.would_emit[spec.name] = summary.would_emit.get(spec.name, 0) + 1

@@ -5,8 +5,9 @@ topic prefixes, partitions and roles in one interpreter, and settings are valida
 Faust object exists. Each stage module exposes ``register(app, ctx)``.
 
 Roles: ``streams`` (preprocess, conversation), ``answers`` (answer stage), ``egress`` (compose and
-send). A worker runs any subset; the consumer group id is derived from the roles so that workers
-running the same roles share the work, and workers running other roles never steal it.
+send), ``analytics`` (usage and feedback facts into the database, see ``analytics.agent``). A
+worker runs any subset; the consumer group id is derived from the roles so that workers running
+the same roles share the work, and workers running other roles never steal it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from onyx_wa.settings import Settings
 from schemas.codec import get_codec
 from schemas.faust_codec import register_faust_codecs
 
-ROLES = ("streams", "answers", "egress")
+ROLES = ("streams", "answers", "egress", "analytics")
 
 
 class AnyAvro(codecs.Codec):
@@ -142,4 +143,8 @@ def build_app(
         from egress import stage as egress_stage
 
         egress_stage.register(app, ctx)
+    if "analytics" in roles:
+        from analytics import agent as analytics_agent
+
+        analytics_agent.register(app, ctx)
     return app, ctx

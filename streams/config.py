@@ -191,6 +191,13 @@ class ConfigLookup:
             self._key_cache[key] = await self.users.onyx_api_key(bot.id, sender_id)
         return self._key_cache[key]
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop a forgotten user from this worker's caches (others follow the config version)."""
+        for links in self._link_index.values():
+            links.pop(user_id, None)
+        for cached in [k for k in self._key_cache if k[1] == user_id]:
+            del self._key_cache[cached]
+
     async def aclose(self) -> None:
         return None
 

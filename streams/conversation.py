@@ -25,6 +25,7 @@ from streams.addressing import reply_target, request_id_for
 from streams.app import StageContext
 from streams.classify import classify
 from streams.config import ChatSettings, ConfigLookup
+from streams.expiry import tombstone
 from streams.replies import reply_text
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class ConversationHandler:
         self.settings = ctx.settings
         self.config = config
         self.out: list[tuple[t.TopicSpec, bytes, dict[str, Any]]] = []
+        self.forget = False  # drop this chat's state (tombstone) instead of saving it
+        self.forget_user: str | None = None  # also delete this user's database rows
 
     # --- helpers -----------------------------------------------------------------------------
     def emit(self, spec: t.TopicSpec, key: str, value: dict[str, Any]) -> None:
@@ -223,12 +226,18 @@ class ConversationHandler:
             state["opted_out"] = False
             self.local_reply(message, key, "start", state["lang"])
         elif name == "forget":
-            lang = state["lang"]
-            fresh = st.new_state()
-            fresh["seen"] = state["seen"]  # keep dedupe memory: a redelivery must not re-trigger
-            state.clear()
-            state.update(fresh)
-            self.local_reply(message, key, "forget", lang)
+            # The chat's state goes (a tombstone, see the agent), with the user's database rows.
+            # In a group the group's state goes too (its history holds the sender's questions),
+            # and the sender's own 1:1 chat, on another partition, gets a forget request.
+            self.forget = True
+            self.forget_user = message["sender_id"]
+            if message["chat_type"] == "group":
+                self.emit(
+                    t.FORGET,
+                    f"{message['tenant_id']}:{message['sender_id']}",
+                    forget_request(message["tenant_id"], message["sender_id"], source="user"),
+                )
+            self.local_reply(message, key, "forget", state["lang"])
         else:
             self.local_reply(message, key, "help", state["lang"])
 
@@ -277,14 +286,37 @@ class ConversationHandler:
         if result["status"] == "sent" and result.get("wamid"):
             st.remember_bot_message(state, result["wamid"], result["request_id"])
 
+    def on_forget(self, request: dict[str, Any], state: st.State) -> None:
+        """A forget request (admin API, or /forget in a group for the sender's own chat)."""
+        self.forget = True
+
+
+def forget_request(
+    tenant_id: str, user_id: str, *, source: str, chat_id: str | None = None
+) -> dict[str, Any]:
+    """A ForgetRequest record for the chat ``tenant_id:chat_id`` (default: the user's 1:1)."""
+    import uuid
+
+    return {
+        "forget_id": uuid.uuid4().hex,
+        "tenant_id": tenant_id,
+        "chat_id": chat_id or user_id,
+        "user_id": user_id,
+        "source": source,
+        "requested_at": _now_ms(),
+    }
+
 
 def register(app: faust.App, ctx: StageContext) -> None:
     settings = ctx.settings
+    from onyx_wa.kafka import changelog_topic_configs
+
     table = app.Table(
         "conversations",
         default=None,
         partitions=settings.partitions,
         key_type=str,  # app defaults: raw keys, JSON values
+        extra_topic_configs=changelog_topic_configs(settings),  # tombstones compacted soon
     )
     ctx.resources["conversations"] = table
     config = ctx.resources.get("config")
@@ -296,8 +328,9 @@ def register(app: faust.App, ctx: StageContext) -> None:
         ctx.topics.name(t.INBOUND): "inbound",
         ctx.topics.name(t.ANSWER_RESULTS): "answer",
         ctx.topics.name(t.OUTBOUND_RESULTS): "outbound_result",
+        ctx.topics.name(t.FORGET): "forget",
     }
-    source = ctx.topics.merged(t.INBOUND, t.ANSWER_RESULTS, t.OUTBOUND_RESULTS)
+    source = ctx.topics.merged(t.INBOUND, t.ANSWER_RESULTS, t.OUTBOUND_RESULTS, t.FORGET)
     idle_ms = int(settings.conversation_idle_ttl_s * 1000)
     inbound_topic = ctx.topics.name(t.INBOUND)
 
@@ -326,17 +359,38 @@ def register(app: faust.App, ctx: StageContext) -> None:
             key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
             origin = names.get(event.message.topic, "inbound")
             handler = ConversationHandler(ctx, config)
-            state = st.load(table.get(key), now_ms=_now_ms(), idle_ttl_ms=idle_ms)
+            stored = table.get(key)
+            if stored is None and origin in ("answer", "outbound_result"):
+                # a chat we keep nothing about (forgotten, expired): a late result must not
+                # bring its state back
+                counted[origin].inc()
+                continue
+            state = st.load(stored, now_ms=_now_ms(), idle_ttl_ms=idle_ms)
+            value: dict[str, Any] | None = None
             try:
                 value = decode(event.value)
                 if origin == "inbound":
                     await handler.on_inbound(key, value, state)
                 elif origin == "answer":
                     handler.on_answer(key, value, state)
+                elif origin == "forget":
+                    handler.on_forget(value, state)
                 else:
                     handler.on_outbound_result(value, state)
+                if handler.forget_user and getattr(config, "sessions", None) is not None:
+                    await _forget_rows(ctx, config, value["tenant_id"], handler.forget_user)
             except Exception as exc:  # never stall the partition on one bad event
-                log.exception("conversation stage failed on %s event", origin)
+                tenant, _, chat = key.partition(":")
+                log.exception(
+                    "conversation stage failed on %s event",
+                    origin,
+                    extra={
+                        "stage": "conversation",
+                        "tenant": tenant,
+                        "chat": chat,
+                        "request_id": _request_id(value),
+                    },
+                )
                 from streams.preprocess import invalid_record
 
                 await send(
@@ -351,9 +405,39 @@ def register(app: faust.App, ctx: StageContext) -> None:
                 )
                 STAGE_EVENTS.labels("conversation", "error").inc()
                 continue
-            state["updated_at"] = _now_ms()
-            table[key] = state
+            if handler.forget:
+                tombstone(table, key, event.message.partition)
+                tenant, _, chat = key.partition(":")
+                log.info(
+                    "conversation forgotten (%s)",
+                    "admin" if origin == "forget" else "user",
+                    extra={"stage": "conversation", "tenant": tenant, "chat": chat},
+                )
+            else:
+                state["updated_at"] = _now_ms()
+                table[key] = state
             for spec, out_key, record in handler.out:
                 await send(spec, out_key, record)
             counted[origin].inc()
             stage_latency.observe(time.perf_counter() - started)
+
+
+def _request_id(value: dict[str, Any] | None) -> str | None:
+    """The request id an event belongs to, for log lines."""
+    if not value:
+        return None
+    if value.get("request_id"):
+        return str(value["request_id"])
+    if value.get("tenant_id") and value.get("message_id"):
+        return request_id_for(value["tenant_id"], value["message_id"])
+    return None
+
+
+async def _forget_rows(ctx: StageContext, config: Any, tenant_id: str, user_id: str) -> None:
+    """/forget: the user's links and analytics facts; this worker's caches drop them now."""
+    from store.privacy import forget_user_rows
+
+    await forget_user_rows(config.sessions, tenant_id, user_id, settings=ctx.settings)
+    drop = getattr(config, "forget_user", None)
+    if drop is not None:
+        drop(user_id)

@@ -35,6 +35,16 @@ def partition_of(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
+def tombstone(table: Any, key: str, partition: int) -> None:
+    """Delete ``key``: a tombstone on its changelog ``partition`` and out of the local store.
+
+    Works outside stream iteration (``del table[key]`` needs the current event for the
+    partition); the conversation agent also uses it for /forget and forget requests.
+    """
+    table.send_changelog(partition, key, None, value_serializer="raw")
+    table.data.pop(key, None)
+
+
 def owned_partitions(app: Any, topic: str) -> set[int]:
     """Partitions of ``topic`` this worker actively owns (empty while rebalancing)."""
     try:
@@ -70,8 +80,7 @@ async def expire_idle(
             partition = partition_of(key, partitions)
             if partition not in owned:
                 continue
-            table.send_changelog(partition, key, None, value_serializer="raw")
-            del table.data[key]
+            tombstone(table, key, partition)
             expired += 1
         await asyncio.sleep(0)  # let the agents run between chunks
     if expired:

@@ -35,10 +35,12 @@ class Worker:
         self._web: web.AppRunner | None = None
 
     async def start(self, *, web_port: int | None = None) -> None:
+        from store.privacy import configure as configure_hashing
         from streams.config import open_config_lookup
 
         await wait_for_broker(self.settings.bootstrap_servers, timeout_s=10)
         await ensure_pipeline_topics(self.settings)
+        configure_hashing(self.settings)  # user_hash/chat_hash: one secret for the process
         config, self._engine = await open_config_lookup(self.settings)
         self.app, self.ctx = build_app(self.settings, self.roles, config=config)
         await self.app.start()

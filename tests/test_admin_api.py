@@ -147,8 +147,16 @@ class Api:
 
 @pytest.fixture
 async def api(each_store) -> AsyncIterator[Api]:
+    published: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(key: str, record: dict[str, Any]) -> None:
+        published.append((key, record))
+
     context = AdminContext(
-        sessions=each_store.sessions, box=each_store.box, auth=TokenAuth.from_setting(TOKENS)
+        sessions=each_store.sessions,
+        box=each_store.box,
+        auth=TokenAuth.from_setting(TOKENS),
+        forget_publisher=publish,
     )
     runner = web.AppRunner(create_app(context), access_log=None)
     await runner.setup()
@@ -204,6 +212,7 @@ CASES = (
     Case("getUserLink", "GET", "/api/v1/bots/{bot}/users/{user}", 200),
     Case("putUserLink", "PUT", "/api/v1/bots/{bot}/users/{user}", 200, {"language": "de"}),
     Case("deleteUserLink", "DELETE", "/api/v1/bots/{bot}/users/{user}", 204),
+    Case("deleteUserData", "DELETE", "/api/v1/bots/{bot}/users/{user}/data", 202),
     Case("listAudit", "GET", "/api/v1/audit", 200, scoped=False),
 )  # fmt: skip
 

@@ -107,7 +107,9 @@ async def test_known_group_without_commits_lags_from_log_start(kafka, inbound):
     report = await collect_lag(settings, [answers_group], now=BASE_MS / 1000 + 10)
     [g] = report.groups
     rows = {(p.topic, p.partition): p for p in g.partitions}
-    assert set(rows) == {(requests, 0), (requests, 1)}
+    feedback = t.full_name(t.FEEDBACK, settings.topic_prefix)  # the group's other topic
+    assert set(rows) == {(requests, 0), (requests, 1), (feedback, 0), (feedback, 1)}
+    assert rows[(feedback, 0)].lag == 0
     assert rows[(requests, 0)].committed is None and rows[(requests, 0)].lag == 3
     assert rows[(requests, 0)].lag_seconds == pytest.approx(10.0, abs=1e-3)
     assert rows[(requests, 1)].lag == 0
@@ -134,7 +136,7 @@ async def test_discovery_finds_pipeline_groups_only(kafka, inbound):
     await _commit(settings, kafka.group("other-app"), {TopicPartition(topic, 0): 1})
     report = await collect_lag(settings)
     assert [g.group for g in report.groups] == [answers_group]
-    lags = {p.partition: p.lag for p in report.groups[0].partitions}
+    lags = {p.partition: p.lag for p in report.groups[0].partitions if p.topic == requests}
     assert lags == {0: 3, 1: 4}
 
 

@@ -678,3 +678,21 @@ def test_find_spec_order(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("ONYX_WA_SIM_SPEC", str(tmp_path / "missing.yaml"))
     found = spec_mod.find_spec()
     assert found is None or found.name == spec_mod.SPEC_NAME
+
+
+async def test_message_count_with_and_without_filters(
+    http: aiohttp.ClientSession, sim: str
+) -> None:
+    """``GET /_sim/messages/count``: what the benchmark polls instead of the whole list."""
+    number, first, second = pnid(), user(), user()
+    for to in (first, first, second):
+        status, body = await post(http, sim, number, text(to))
+        assert status == 200, body
+    assert await get_json(http, f"{sim}/_sim/messages/count") == {"count": 3}
+    assert await get_json(http, f"{sim}/_sim/messages/count?to={first}") == {"count": 2}
+    assert await get_json(http, f"{sim}/_sim/messages/count?phone_number_id=0") == {"count": 0}
+    async with http.get(f"{sim}/_sim/messages/count?since=yesterday") as resp:
+        assert resp.status == 400
+    async with http.delete(f"{sim}/_sim/messages"):
+        pass
+    assert await get_json(http, f"{sim}/_sim/messages/count") == {"count": 0}

@@ -107,6 +107,14 @@ SOURCE = {
 }
 
 EXAMPLES: dict[str, dict[str, Any]] = {
+    "ForgetRequest": {
+        "forget_id": "f-1",
+        "tenant_id": "acme",
+        "chat_id": "4915100000001",
+        "user_id": "4915100000001",
+        "source": "admin",
+        "requested_at": datetime(2026, 1, 1, tzinfo=UTC),
+    },
     "RawWebhook": {
         "delivery_id": "0b8f3c1e-9f7a-4d2b-8f5e-6a1c2d3e4f50",
         "received_at": T1,

@@ -57,6 +57,7 @@ from typing import Any
 import aiohttp
 
 from bench.ingress import wait_http
+from bench.stats import percentile
 from onyx_wa import topics as t
 from onyx_wa.broker import free_port
 
@@ -76,13 +77,6 @@ class Config:
 
 def _env(name: str, default: Any) -> str:
     return os.environ.get(f"ONYX_WA_BENCH_ANSWERS_{name}", str(default))
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _ms(seconds: float) -> float:
@@ -168,8 +162,8 @@ def _summary(latencies: list[float], wall: float, failed: int) -> dict[str, Any]
         "requests": len(latencies) + failed,
         "failed": failed,
         "wall_s": round(wall, 3),
-        "latency_p50_ms": _ms(_pct(latencies, 0.5)),
-        "latency_p95_ms": _ms(_pct(latencies, 0.95)),
+        "latency_p50_ms": _ms(percentile(latencies, 0.5)),
+        "latency_p95_ms": _ms(percentile(latencies, 0.95)),
         "latency_max_ms": _ms(max(latencies)) if latencies else float("nan"),
     }
 
@@ -312,9 +306,9 @@ async def pipeline_round(
     # lookup, tenant slot), the backend call as the worker timed it, result → broker
     out["breakdown_p50_ms"] = {
         "to_backend_min": _ms(min(before)) if before else float("nan"),
-        "to_backend": _ms(_pct(before, 0.5)),
-        "backend": _ms(_pct(backend, 0.5)),
-        "to_result": _ms(_pct(after, 0.5)),
+        "to_backend": _ms(percentile(before, 0.5)),
+        "backend": _ms(percentile(backend, 0.5)),
+        "to_result": _ms(percentile(after, 0.5)),
     }
     if errors:
         out["first_error"] = errors[0]

@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 
 from bench.ingress import wait_http
+from bench.stats import percentile
 from onyx_wa.broker import free_port
 from sim import meta
 
@@ -58,13 +59,6 @@ def _env_int(name: str, default: int) -> int:
 
 def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(f"ONYX_WA_BENCH_E2E_{name}", default))
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # --- the workload -------------------------------------------------------------------------------
@@ -184,11 +178,11 @@ def summarize(sent: Sent, got: dict[str, float], offered: float | None = None) -
         "questions": len(sent.at),
         "replied": len(got),
         "webhook_errors": sent.errors,
-        "webhook_p50_ms": round(_pct(sent.webhook_ms, 0.5), 1),
-        "webhook_p99_ms": round(_pct(sent.webhook_ms, 0.99), 1),
-        "e2e_p50_ms": round(_pct(lat, 0.5), 1),
-        "e2e_p95_ms": round(_pct(lat, 0.95), 1),
-        "e2e_p99_ms": round(_pct(lat, 0.99), 1),
+        "webhook_p50_ms": round(percentile(sent.webhook_ms, 0.5), 1),
+        "webhook_p99_ms": round(percentile(sent.webhook_ms, 0.99), 1),
+        "e2e_p50_ms": round(percentile(lat, 0.5), 1),
+        "e2e_p95_ms": round(percentile(lat, 0.95), 1),
+        "e2e_p99_ms": round(percentile(lat, 0.99), 1),
     }
     if got:
         out["replies_per_s"] = round(len(got) / (max(got.values()) - first), 1)

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from cryptography.fernet import Fernet
 
+from bench.stats import percentile
 from onyx_wa.broker import EmbeddedBroker, free_port
 from onyx_wa.settings import load_settings, settings_env
 from sim import meta
@@ -40,13 +41,6 @@ app.router.add_post("/webhooks/whatsapp", ok)
 app.router.add_get("/healthz", lambda r: web.Response(text="ok"))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def wait_http(url: str, timeout_s: float = 60) -> None:
@@ -88,8 +82,8 @@ async def closed_loop(
     return {
         "concurrency": concurrency,
         "rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(_pct(latencies, 0.5) * 1000, 2),
-        "p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "errors": errors,
     }
 
@@ -116,8 +110,8 @@ async def open_loop(url: str, body: bytes, headers: dict, rate: float, seconds: 
     return {
         "offered_rps": rate,
         "sent": total,
-        "p50_ms": round(_pct(latencies, 0.5) * 1000, 2),
-        "p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "errors": errors,
     }
 

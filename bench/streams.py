@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from onyx_wa import topics as t
 from onyx_wa.broker import free_port
 
@@ -92,13 +93,6 @@ def make_batch(pnid: str, users: range, *, pipeline: bool) -> Batch:
         # the pipeline re-keys by tenant:chat (a 1:1 chat's id is the user), the baseline keeps it
         done.append(f"{TENANT}:{user}".encode() if pipeline else key)
     return Batch(values, keys, done)
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # --- load generator and sink --------------------------------------------------------------------
@@ -193,8 +187,8 @@ async def burst(
         "events": n,
         "seconds": round(elapsed, 2),
         "events_per_s": round(n / elapsed, 1),
-        "latency_p50_ms": round(_pct(latencies, 0.5) * 1000, 1),
-        "latency_p95_ms": round(_pct(latencies, 0.95) * 1000, 1),
+        "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "latency_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
     }
     if pid:
         cpu = cpu_seconds(pid) - cpu_before
@@ -220,8 +214,8 @@ async def paced(producer: Any, sink: Sink, topic: str, batch: Batch, rate: float
     return {
         "events": len(latencies),
         "rate_per_s": rate,
-        "latency_p50_ms": round(_pct(latencies, 0.5) * 1000, 1),
-        "latency_p95_ms": round(_pct(latencies, 0.95) * 1000, 1),
+        "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "latency_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
         "latency_max_ms": round(max(latencies) * 1000, 1),
     }
 

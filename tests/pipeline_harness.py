@@ -8,9 +8,11 @@ keys, partitions' state and simulator recipients), never another test's leftover
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,34 +50,14 @@ class Pipeline:
     def sim_url(self) -> str:
         return self.settings.graph_base_url
 
-    async def add_chat_config(self, bot: TestBot, **fields: Any) -> Any:
-        """A chat config for ``bot`` (see ``store.repo.ChatConfigRepository.add``)."""
-        from store.db import make_engine, session_factory
-        from store.repo import ChatConfigRepository
-
-        engine = make_engine(self.settings.sqlalchemy_url)
-        try:
-            sessions = session_factory(engine)
-            from sqlalchemy import select
-
-            from store.models import WhatsAppBot
-
-            async with sessions() as session:
-                bot_id = await session.scalar(
-                    select(WhatsAppBot.id).where(WhatsAppBot.phone_number_id == bot.phone_number_id)
-                )
-            return await ChatConfigRepository(sessions).add(bot_id, **fields)
-        finally:
-            await engine.dispose()
-
-    async def link_user(self, bot: TestBot, user_id: str, **fields: Any) -> Any:
-        """Link a WhatsApp user of ``bot`` (see ``store.repo.UserLinkRepository.upsert``)."""
+    @contextlib.asynccontextmanager
+    async def _store_for(self, bot: TestBot) -> AsyncIterator[tuple[Any, int]]:
+        """A session factory on the pipeline's database (secrets readable) and ``bot``'s id."""
         from sqlalchemy import select
 
         from store.crypto import SecretBox, attach_secret_box, resolve_encryption_key
         from store.db import make_engine, session_factory
         from store.models import WhatsAppBot
-        from store.repo import UserLinkRepository
 
         engine = make_engine(self.settings.sqlalchemy_url)
         attach_secret_box(engine, SecretBox(resolve_encryption_key(self.settings)))
@@ -85,9 +67,23 @@ class Pipeline:
                 bot_id = await session.scalar(
                     select(WhatsAppBot.id).where(WhatsAppBot.phone_number_id == bot.phone_number_id)
                 )
-            return await UserLinkRepository(sessions).upsert(bot_id, user_id, **fields)
+            yield sessions, bot_id
         finally:
             await engine.dispose()
+
+    async def add_chat_config(self, bot: TestBot, **fields: Any) -> Any:
+        """A chat config for ``bot`` (see ``store.repo.ChatConfigRepository.add``)."""
+        from store.repo import ChatConfigRepository
+
+        async with self._store_for(bot) as (sessions, bot_id):
+            return await ChatConfigRepository(sessions).add(bot_id, **fields)
+
+    async def link_user(self, bot: TestBot, user_id: str, **fields: Any) -> Any:
+        """Link a WhatsApp user of ``bot`` (see ``store.repo.UserLinkRepository.upsert``)."""
+        from store.repo import UserLinkRepository
+
+        async with self._store_for(bot) as (sessions, bot_id):
+            return await UserLinkRepository(sessions).upsert(bot_id, user_id, **fields)
 
     async def onyx(self, method: str, path: str, body: Any = None) -> Any:
         """Call the fake Onyx's control API (``/_fake/...``)."""
@@ -192,6 +188,23 @@ async def start_pipeline(
     await pipeline.worker.start()
     await pipeline.worker.wait_ready(timeout_s=60)
     return pipeline
+
+
+async def module_pipeline(kafka_target: Any, data_dir: Path) -> AsyncIterator[Pipeline]:
+    """The body of a test module's ``pipeline`` fixture: one pipeline on the session broker
+    (database from ``ONYX_WA_E2E_DATABASE_URL`` if set), stopped after the module."""
+    import os
+
+    pipe = await start_pipeline(
+        kafka_target.bootstrap_servers,
+        data_dir,
+        os.environ.get("ONYX_WA_E2E_DATABASE_URL"),
+        broker_flavor="tansu" if kafka_target.embedded else "kafka",
+    )
+    try:
+        yield pipe
+    finally:
+        await stop_pipeline(pipe)
 
 
 async def stop_pipeline(pipeline: Pipeline) -> None:

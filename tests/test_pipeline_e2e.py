@@ -10,25 +10,15 @@ import pytest
 
 from onyx_wa.topics import INBOUND
 from streams.addressing import request_id_for
-from tests.pipeline_harness import start_pipeline, stop_pipeline
+from tests.pipeline_harness import module_pipeline
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 async def pipeline(kafka_target, tmp_path_factory):
-    import os
-
-    pipe = await start_pipeline(
-        kafka_target.bootstrap_servers,
-        tmp_path_factory.mktemp("e2e"),
-        os.environ.get("ONYX_WA_E2E_DATABASE_URL"),
-        broker_flavor="tansu" if kafka_target.embedded else "kafka",
-    )
-    try:
+    async for pipe in module_pipeline(kafka_target, tmp_path_factory.mktemp("e2e")):
         yield pipe
-    finally:
-        await stop_pipeline(pipe)
 
 
 async def test_question_gets_a_cited_threaded_reply(pipeline):

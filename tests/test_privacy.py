@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from onyx_wa.broker import free_port
 from store.models import AuditLogEntry, FeedbackFact, QuestionFact, WhatsAppBot, WhatsAppUserLink
 from store.privacy import user_hash, user_hashes
-from tests.pipeline_harness import start_pipeline, stop_pipeline
+from tests.pipeline_harness import module_pipeline
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -31,18 +31,8 @@ B_TOKEN = "tenant-b-token-privacy-012345"
 
 @pytest.fixture(scope="module")
 async def pipeline(kafka_target, tmp_path_factory):
-    import os
-
-    pipe = await start_pipeline(
-        kafka_target.bootstrap_servers,
-        tmp_path_factory.mktemp("privacy"),
-        os.environ.get("ONYX_WA_E2E_DATABASE_URL"),
-        broker_flavor="tansu" if kafka_target.embedded else "kafka",
-    )
-    try:
+    async for pipe in module_pipeline(kafka_target, tmp_path_factory.mktemp("privacy")):
         yield pipe
-    finally:
-        await stop_pipeline(pipe)
 
 
 @pytest.fixture(scope="module")

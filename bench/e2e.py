@@ -431,6 +431,19 @@ def run(**overrides: Any) -> dict[str, Any]:
     return asyncio.run(_run(cfg))
 
 
+async def serve_until(app: Any, port: int, stop: asyncio.Event) -> None:
+    """Serve an aiohttp app on 127.0.0.1:``port`` until ``stop`` is set."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 # --- the baseline's and the inline bot's processes (python -m bench.e2e NAME PORT ...) ------------
 
 
@@ -452,13 +465,9 @@ async def serve_baseline_ingress(port: int, stop: asyncio.Event) -> None:
     app = web.Application()
     app.router.add_post("/webhooks/whatsapp", webhook)
     app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        await stop.wait()
+        await serve_until(app, port, stop)
     finally:
-        await runner.cleanup()
         await producer.stop()
 
 
@@ -515,13 +524,9 @@ async def serve_baseline_worker(port: int, stop: asyncio.Event) -> None:
     await app.start()
     web_app = web.Application()
     web_app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(web_app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        await stop.wait()
+        await serve_until(web_app, port, stop)
     finally:
-        await runner.cleanup()
         await http.close()
         with contextlib.suppress(Exception):
             await app.stop()
@@ -560,13 +565,9 @@ async def serve_inline_bot(port: int, sim: str, onyx: str, stop: asyncio.Event) 
     app = web.Application()
     app.router.add_post("/webhooks/whatsapp", webhook)
     app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        await stop.wait()
+        await serve_until(app, port, stop)
     finally:
-        await runner.cleanup()
         await http.close()
 
 

@@ -332,6 +332,12 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
             results["pipeline"] = await _measure(http, url, sim, users, fast, cfg)
             _print("pipeline (one worker)", results["pipeline"])
             b, p = results["baseline"]["burst"], results["pipeline"]["burst"]
+            for name, row in (("baseline", b), ("pipeline", p)):
+                if row["replied"] < row["questions"]:
+                    raise RuntimeError(
+                        f"{name}: only {row['replied']}/{row['questions']} replies reached the "
+                        f"simulator; see the logs in {data}"
+                    )
             results["ratio"] = round(p["replies_per_s"] / b["replies_per_s"], 2)
 
             # 2. slow answers: the pipeline versus the naive inline bot, same offered load
@@ -508,7 +514,8 @@ async def serve_baseline_worker(port: int, stop: asyncio.Event) -> None:
             msg = change["messages"][0]
             url = f"{settings.graph_api_url}/v25.0/{change['metadata']['phone_number_id']}/messages"
             payload = {
-                "messaging_product": "whatsapp", "to": msg["from"], "type": "text",
+                "messaging_product": "whatsapp", "recipient_type": "individual",
+                "to": msg["from"], "type": "text",
                 "text": {"body": "ok"}, "context": {"message_id": msg["id"]},
             }  # fmt: skip
             async with http.post(url, json=payload, headers={"Authorization": "Bearer a"}) as r:
@@ -554,7 +561,8 @@ async def serve_inline_bot(port: int, sim: str, onyx: str, stop: asyncio.Event) 
         async with http.post(f"{onyx}/api/chat/send-chat-message", json=ask, headers=headers) as r:
             answer = (await r.json()).get("answer") or "…"
         payload = {
-            "messaging_product": "whatsapp", "to": msg["from"], "type": "text",
+            "messaging_product": "whatsapp", "recipient_type": "individual",
+                "to": msg["from"], "type": "text",
             "text": {"body": answer[:4096]}, "context": {"message_id": msg["id"]},
         }  # fmt: skip
         url = f"{sim}/v25.0/{pnid}/messages"

@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any
 
 import faust
+from faust.exceptions import NotReady
 from faust.types import TP
 
 from egress.errors import ErrorAction, backoff_s
@@ -593,13 +594,24 @@ def register(app: faust.App, ctx: StageContext) -> None:
 
         async def run(event: Any) -> None:
             message = event.value
+            ack = True
             try:
                 await sender.handle(message, event.message.partition)
-            except Exception:
-                log.exception("sender failed on %s", message.get("outbound_id"))
+            except Exception as exc:
+                # while the worker stops (a rebalance or SIGTERM), the producer goes away under
+                # in-flight sends: leave those unacked so the partition's next owner redelivers
+                # them (the "sending" mark keeps that from duplicating a send). Any other failure
+                # is acked, so one bad message cannot stall its partition.
+                ack = not (isinstance(exc, NotReady) or app.should_stop)
+                log.exception(
+                    "sender failed on %s%s",
+                    message.get("outbound_id"),
+                    "" if ack else " (left for redelivery: the worker is stopping)",
+                )
             finally:
                 window.release()
-                await stream.ack(event)
+                if ack:
+                    await stream.ack(event)
 
         async for event in stream.noack().events():
             await window.acquire()

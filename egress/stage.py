@@ -11,9 +11,12 @@ Two agents:
 
 Never twice: a changelog-backed ``sent`` table keyed by outbound id records ``sending`` before
 the Graph call and the wamid after it. A record whose id is already there is skipped — after a
-crash, a rebalance or a replay. An id left in ``sending`` by a crash is *not* resent (Meta has no
-idempotency key, so a resend could duplicate); it is reported to the DLQ as ``uncertain`` for an
-operator to decide. That trades a rare, visible gap for never sending twice.
+crash, a rebalance or a replay. An id left in ``sending`` by a crash is uncertain: Meta has no
+idempotency key, so resending blindly could duplicate. Every send carries its outbound id as
+``biz_opaque_callback_data``, which Meta echoes in the message's status webhooks, so the new
+owner *reconciles*: it waits (``send_reconcile_s``) for a status naming that id — the send
+happened, it is recorded and not repeated — and resends only when none comes. With
+``uncertain_sends=dlq`` it never resends and reports the id to the DLQ as ``uncertain`` instead.
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ from egress.graph import GraphApiError, GraphClient
 from egress.outbound import answer_outbound
 from egress.throttle import RecipientPacer, TokenBucket
 from onyx_wa import topics as t
-from onyx_wa.metrics import DLQ, DUPLICATES, PAUSED_BOTS, SENDS, STAGE_EVENTS, THROTTLE_WAIT
+from onyx_wa.metrics import (
+    DLQ,
+    DUPLICATES,
+    PAUSED_BOTS,
+    RECONCILED,
+    SENDS,
+    STAGE_EVENTS,
+    THROTTLE_WAIT,
+)
 from schemas.codec import get_codec
 from streams.app import StageContext
 
@@ -46,8 +57,27 @@ log = logging.getLogger(__name__)
 SEND_WINDOW_FACTOR = 4
 
 
+# states of a ``sent`` entry that a crash can leave behind without the send's response
+UNCERTAIN_STATES = frozenset({"sending", "reconciling"})
+CALLBACK_FIELD = "biz_opaque_callback_data"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def with_callback_data(body: str, outbound_id: str) -> str:
+    """The send body with the outbound id as ``biz_opaque_callback_data`` (echoed in statuses).
+
+    A splice, not a parse and re-serialisation: ``body`` is the compact JSON object the compose
+    step wrote, so its last character closes it.
+    """
+    if CALLBACK_FIELD in body:
+        return body
+    body = body.rstrip()
+    if not body.endswith("}"):
+        raise ValueError("an outbound payload must be a JSON object")
+    return f"{body[:-1]},{json.dumps(CALLBACK_FIELD)}:{json.dumps(outbound_id)}}}"
 
 
 def outbound_result(
@@ -296,9 +326,17 @@ class Sender:
         else:
             acks.append(fut)
 
-    async def mark_sending(self, outbound_id: str, partition: int | None = None) -> None:
-        """Record "sending" in the table and wait until its changelog record is acknowledged."""
-        mark = {"state": "sending", "at": _now_ms()}
+    async def mark_sending(
+        self, outbound_id: str, partition: int | None = None, chat_id: str | None = None
+    ) -> None:
+        """Record "sending" in the table and wait until its changelog record is acknowledged.
+
+        The chat id rides along so that a status confirming an uncertain send can be turned
+        into the same result the send would have published.
+        """
+        mark: dict[str, Any] = {"state": "sending", "at": _now_ms()}
+        if chat_id is not None:
+            mark["chat"] = chat_id
         if partition is None:
             event = faust.current_event()
             partition = event.message.partition if event is not None else None
@@ -368,22 +406,14 @@ class Sender:
         self, message: dict[str, Any], partition: int | None, acks: list[Any]
     ) -> None:
         outbound_id = message["outbound_id"]
-        previous = (self.sent if self.app is None else self.sent.data).get(outbound_id)
+        previous = self._view().get(outbound_id)
         if previous is not None and previous.get("state") != "retrying":
-            DUPLICATES.labels("sender").inc()
-            if previous.get("state") == "sending":
-                # crashed between marking and recording: never resend, surface it instead
-                uncertain = {"state": "uncertain", "at": _now_ms()}
-                await self._write(outbound_id, uncertain, partition, acks)
-                await self.publish(
-                    message,
-                    outbound_result(
-                        message, "failed", error_class="uncertain", include_original=True
-                    ),
-                    dlq=True,
-                    acks=acks,
-                )
-            return
+            if previous.get("state") not in UNCERTAIN_STATES:
+                DUPLICATES.labels("sender").inc()
+                return
+            # a crash came between marking and recording: did the send happen?
+            if not await self._reconcile(message, previous, partition, acks):
+                return
         config = self.ctx.resources["config"]
         bot = await config.bot(message["phone_number_id"])
         if bot is None or not getattr(bot, "enabled", True):
@@ -398,6 +428,88 @@ class Sender:
             return
         await self._send_with_retries(message, bot, partition, acks)
 
+    def _view(self) -> Any:
+        """The ``sent`` table's local view (the fast path writes it directly)."""
+        return self.sent if self.app is None else self.sent.data
+
+    async def _reconcile(
+        self,
+        message: dict[str, Any],
+        previous: dict[str, Any],
+        partition: int | None,
+        acks: list[Any],
+    ) -> bool:
+        """An uncertain send (marked "sending", no response recorded): True to send it again.
+
+        Read-typing actions have no status to wait for and are worth no duplicate: dropped.
+        Otherwise the mark becomes "reconciling" (durably, before waiting, so a confirmation
+        the statuses agent writes later is also later in the changelog), then the local view
+        is watched for ``send_reconcile_s``: the statuses agent (same partition, same process)
+        turns the entry into "sent" when a status names this outbound id.
+        """
+        outbound_id = message["outbound_id"]
+        DUPLICATES.labels("sender").inc()
+        if message["kind"] == "read_typing":
+            dropped = {"state": "failed", "reason": "uncertain read receipt", "at": _now_ms()}
+            await self._write(outbound_id, dropped, partition, acks)
+            return False
+        if self.settings.uncertain_sends == "dlq":
+            # never resend: surface it for an operator instead
+            await self._write(outbound_id, {"state": "uncertain", "at": _now_ms()}, partition, acks)
+            await self.publish(
+                message,
+                outbound_result(message, "failed", error_class="uncertain", include_original=True),
+                dlq=True,
+                acks=acks,
+            )
+            RECONCILED.labels("dlq").inc()
+            return False
+        mark = {**previous, "state": "reconciling", "at": _now_ms()}
+        mark.setdefault("chat", message["chat_id"])
+        await self._write(outbound_id, mark, partition, None)
+        deadline = time.monotonic() + self.settings.send_reconcile_s
+        view = self._view()
+        while time.monotonic() < deadline:
+            current = view.get(outbound_id) or {}
+            if current.get("state") not in UNCERTAIN_STATES:
+                log.info("uncertain send %s confirmed by its status", outbound_id)
+                RECONCILED.labels("confirmed").inc()
+                return False
+            await asyncio.sleep(0.2)
+        log.warning("uncertain send %s: no status in %.0f s, sending again",
+                    outbound_id, self.settings.send_reconcile_s)  # fmt: skip
+        RECONCILED.labels("resent").inc()
+        return True
+
+    async def confirm(self, status: dict[str, Any], partition: int | None) -> dict[str, Any] | None:
+        """A status naming an uncertain send (by its callback data): record the send.
+
+        Returns the wamid index entry written (so the caller can go on with the status), or
+        None when the status confirms nothing uncertain.
+        """
+        outbound_id = status.get("callback_data")
+        entry = self._view().get(outbound_id) if outbound_id else None
+        if entry is None or entry.get("state") not in UNCERTAIN_STATES or "chat" not in entry:
+            return None
+        wamid = status["message_id"]
+        await self._write(
+            outbound_id, {"state": "sent", "wamid": wamid, "via": "status", "at": _now_ms()},
+            partition, None,
+        )  # fmt: skip
+        request_id = outbound_id.rsplit(":", 1)[0]
+        index = {
+            "outbound_id": outbound_id, "request_id": request_id, "chat_id": entry["chat"],
+            "status": "sent",
+        }  # fmt: skip
+        await self._write(f"w:{wamid}", index, partition, None)
+        message = {
+            "outbound_id": outbound_id, "request_id": request_id,
+            "tenant_id": status["tenant_id"], "phone_number_id": status["phone_number_id"],
+            "chat_id": entry["chat"],
+        }  # fmt: skip
+        await self.publish(message, outbound_result(message, "sent", wamid=wamid), dlq=False)
+        return index
+
     async def _send_with_retries(
         self, message: dict[str, Any], bot: Any, partition: int | None, acks: list[Any]
     ) -> None:
@@ -406,6 +518,8 @@ class Sender:
         read_typing = message["kind"] == "read_typing"
         # the request as composed, posted as is (no parse and re-serialisation per attempt)
         body: str = message["payload_json"]
+        if not read_typing:
+            body = with_callback_data(body, outbound_id)
         rate = float(getattr(bot, "throughput_per_s", None) or 80)
         attempt = 0
         while True:
@@ -419,7 +533,7 @@ class Sender:
                 if not read_typing:
                     waited += await self.pacer.acquire(f"{pnid}:{message['chat_id']}")
                 THROTTLE_WAIT.observe(waited)
-            await self.mark_sending(outbound_id, partition)
+            await self.mark_sending(outbound_id, partition, message["chat_id"])
             try:
                 async with self.slots:
                     if read_typing:
@@ -562,9 +676,13 @@ def register(app: faust.App, ctx: StageContext) -> None:
     async def track_statuses(stream: faust.StreamT) -> None:
         """Delivery statuses close the loop. They arrive out of order and duplicated: a status
         only ever moves a message forward (a late "delivered" never overwrites "read")."""
-        async for status in stream:
+        async for event in stream.events():
+            status = event.value
             key = f"w:{status['message_id']}"
             known = sent.get(key)
+            if known is None and status.get("callback_data"):
+                # a send whose response a crash lost: its status says it happened
+                known = await sender.confirm(status, event.message.partition)
             if known is None:
                 STAGE_EVENTS.labels("statuses", "unknown_message").inc()
                 continue

@@ -40,6 +40,11 @@ THROTTLE_WAIT = Histogram(
 )
 PAUSED_BOTS = Gauge("onyx_wa_paused_bots", "Bots whose sending is paused by a stop-and-alert code")
 DLQ = Counter("onyx_wa_dlq_total", "Outbound messages sent to the DLQ", ["code"])
+RECONCILED = Counter(
+    "onyx_wa_uncertain_sends_total",
+    "Sends a crash left without a response, by outcome (confirmed by a status, resent, dlq)",
+    ["outcome"],
+)
 CONVERSATIONS_EXPIRED = Counter(
     "onyx_wa_conversations_expired_total", "Idle conversations dropped from the state table"
 )

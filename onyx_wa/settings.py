@@ -142,6 +142,16 @@ class Settings(BaseSettings):
     pause_recheck_s: float = Field(
         default=30.0, gt=0, description="How often a paused bot (stop-and-alert code) is re-probed."
     )
+    uncertain_sends: Literal["reconcile", "dlq"] = Field(
+        default="reconcile",
+        description="A send a crash left without its response: reconcile (wait for its status "
+        "webhook, resend only if none comes) or dlq (never resend; surface it on the DLQ).",
+    )
+    send_reconcile_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="How long an uncertain send waits for a status before it is resent.",
+    )
 
     # --- observability -----------------------------------------------------------------------
     log_level: str = "INFO"

@@ -197,8 +197,10 @@ def status(
     errors: Sequence[dict[str, Any]] = (),
     bsuid: bool = False,
     timestamp: int | None = None,
+    callback_data: str | None = None,
 ) -> dict[str, Any]:
-    """A delivery status; ``sent``/``delivered`` carry conversation and pricing like Meta's."""
+    """A delivery status; ``sent``/``delivered`` carry conversation and pricing like Meta's,
+    and every status echoes the send's ``biz_opaque_callback_data`` when it had one."""
     entry: dict[str, Any] = {
         "id": wamid,
         "status": status_,
@@ -213,6 +215,8 @@ def status(
         entry["pricing"] = {"billable": False, "pricing_model": "PMP", "category": "service"}
     if errors:
         entry["errors"] = list(errors)
+    if callback_data is not None:
+        entry["biz_opaque_callback_data"] = callback_data
     return entry
 
 

@@ -23,6 +23,10 @@ with two faithful adjustments, both documented in docs/simulator.md:
   allowed properties are the union. ``allOf`` of objects is therefore merged before compiling.
 - v23.0 predates business-scoped user ids: a body addressed with ``recipient`` (a BSUID) instead
   of ``to`` is validated with that value in ``to``.
+- v23.0 lists ``biz_opaque_callback_data`` (a string of at most 512 characters that Meta echoes
+  in the message's status webhooks) only for calls, although Meta's Messages reference documents
+  it on every message type. It is allowed on messages with that type and length; the egress
+  relies on it to reconcile a send a crash left uncertain (docs/egress.md).
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ LIMITS = {
     "list_button": 20,
     "caption": 1024,
 }
+# Meta's Messages reference: echoed in the statuses of the message; v23.0's YAML omits it
+CALLBACK_DATA = {"biz_opaque_callback_data": {"type": "string", "maxLength": 512}}
 _READ_KEYS = frozenset({"messaging_product", "status", "message_id", "typing_indicator"})
 _warned_missing = False
 
@@ -270,6 +276,8 @@ class SpecValidator:
             root = components[_send_schema_name(doc)]
             for kind, ref in root["discriminator"]["mapping"].items():
                 schema = _merge_all_of(_deref({"$ref": ref}, components))
+                if isinstance(schema.get("properties"), dict):
+                    schema["properties"] = {**schema["properties"], **CALLBACK_DATA}
                 self._by_type[kind] = jsonschema.Draft202012Validator(schema)
         else:
             _warn_missing_once()

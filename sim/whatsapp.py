@@ -420,14 +420,23 @@ def _accept(state: SimState, pnid: str, payload: dict[str, Any]) -> web.Response
         "time": _now_iso(),
     }
     bsuid = "recipient" in payload and "to" not in payload
+    callback = payload.get("biz_opaque_callback_data")
     if outside_window:
-        failed = meta.status(wamid, "failed", to, errors=[meta.window_closed_error()], bsuid=bsuid)
+        error = meta.window_closed_error()
+        failed = meta.status(
+            wamid, "failed", to, errors=[error], bsuid=bsuid, callback_data=callback
+        )
         _emit(state, pnid, [(state.status_delays_s[0], failed)], always=True)
     else:
         state.messages.append(record)
         if state.emit_statuses:
             steps = zip(state.status_delays_s, ("sent", "delivered", "read"), strict=False)
-            _emit(state, pnid, [(d, meta.status(wamid, s, to, bsuid=bsuid)) for d, s in steps])
+            _emit(
+                state,
+                pnid,
+                [(d, meta.status(wamid, s, to, bsuid=bsuid, callback_data=callback))
+                 for d, s in steps],
+            )  # fmt: skip
     contact: dict[str, Any] = {"input": to}
     if bsuid:
         contact["user_id"] = to

@@ -239,6 +239,9 @@ def _status(
         # for a group send the recipient is the group: statuses key on what was addressed
         "recipient_id": _str(st, "recipient_id") or _str(st, "recipient_user_id"),
         "errors": _errors(st.get("errors")),
+        # what the egress put in the send (its outbound id): ties a status to a send whose
+        # response a crash lost (docs/egress.md, "Uncertain sends")
+        "callback_data": _str(st, "biz_opaque_callback_data"),
         "payload_json": json.dumps(st, ensure_ascii=False, separators=(",", ":")),
         "status_at": _ms_from_unix(st.get("timestamp"), f"status {message_id}"),
         "received_at": received_at_ms,

@@ -85,3 +85,15 @@ def test_ids_are_deterministic_so_a_redelivered_result_is_deduplicated():
         answer_outbound(result(), top_n=5)[0]["outbound_id"]
         == answer_outbound(result(), top_n=5)[0]["outbound_id"]
     )
+
+
+def test_sends_carry_their_outbound_id_as_callback_data():
+    """Spliced, not re-serialised: the body stays the compose step's bytes plus one field."""
+    from egress.stage import with_callback_data
+
+    body = json.dumps({"messaging_product": "whatsapp", "to": "1", "text": {"body": "é}"}})
+    spliced = with_callback_data(body, 'req-"1":0')
+    assert json.loads(spliced) == {**json.loads(body), "biz_opaque_callback_data": 'req-"1":0'}
+    assert with_callback_data(spliced, "other:0") == spliced  # already there: unchanged
+    with pytest.raises(ValueError):
+        with_callback_data("[1, 2]", "x:0")

@@ -140,6 +140,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                 "details": "More than 24 hours have passed since the recipient last replied.",
             }
         ],
+        "callback_data": "Yl9yZXE:0",
         "payload_json": '{"status":"failed"}',
         "status_at": T0,
         "received_at": T1,

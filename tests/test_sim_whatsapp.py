@@ -522,7 +522,9 @@ async def test_emitted_statuses_arrive_signed_in_order(http: aiohttp.ClientSessi
         )
         async with serve(app) as base:
             to = user()
-            _, body = await post(http, base, number, text(to))
+            _, body = await post(
+                http, base, number, {**text(to), "biz_opaque_callback_data": "req-1:0"}
+            )
             wamid = body["messages"][0]["id"]
             await receiver.wait_for(3)
             statuses = receiver.statuses()
@@ -532,6 +534,8 @@ async def test_emitted_statuses_arrive_signed_in_order(http: aiohttp.ClientSessi
                 (wamid, "read"),
             ]
             assert all(s["recipient_id"] == to for s in statuses)
+            # like Meta, every status of the message echoes the send's callback data
+            assert {s["biz_opaque_callback_data"] for s in statuses} == {"req-1:0"}
             _verify(receiver, secret)
             recorded = await get_json(http, f"{base}/_sim/statuses?phone_number_id={number}")
             assert [s["webhook_status"] for s in recorded] == [200, 200, 200]
@@ -636,6 +640,17 @@ async def test_inbound_and_config_validate_their_input(http: aiohttp.ClientSessi
 
 
 # --- the validator itself -----------------------------------------------------------------------
+
+
+def test_callback_data_is_allowed_on_messages_as_a_string_up_to_512() -> None:
+    validator = load_validator()
+    if not validator.uses_spec:
+        pytest.skip("the spec file is not available here")
+    body = text(user())
+    assert validator.validate_send({**body, "biz_opaque_callback_data": "r:0"}) == []
+    assert validator.validate_send({**body, "biz_opaque_callback_data": "x" * 513})
+    assert validator.validate_send({**body, "biz_opaque_callback_data": 7})
+    assert validator.validate_send({**body, "biz_opaque_callback": "r:0"})  # still strict
 
 
 def test_spec_catches_what_the_limit_code_alone_would_not() -> None:

@@ -119,13 +119,17 @@ def test_statuses_and_unsupported_errors():
         PNID,
         messages=[base("unsupported", {}, errors=[{"code": 131051, "title": "unknown"}])],
         statuses=[
-            meta.status("wamid.S", "failed", "1555", errors=[{"code": 131047, "title": "window"}])
+            meta.status("wamid.S", "failed", "1555", errors=[{"code": 131047, "title": "window"}]),
+            meta.status("wamid.T", "sent", "1555", callback_data="req-9:1"),
         ],
     )
     out = normalize(doc)
     assert out.messages[0]["errors"][0]["code"] == 131051
     assert out.statuses[0]["errors"][0]["code"] == 131047
-    get_codec().encode("StatusUpdate", out.statuses[0])
+    # the send's biz_opaque_callback_data (the egress's outbound id) is carried, else None
+    assert [s["callback_data"] for s in out.statuses] == [None, "req-9:1"]
+    for status in out.statuses:
+        get_codec().encode("StatusUpdate", status)
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,10 @@ class Rig:
         self.settings = self.kafka.settings(
             data_dir=self.tmp_path, encryption_key=Fernet.generate_key().decode(),
             graph_api_url=f"http://127.0.0.1:{sim_port}", log_level="WARNING",
-            user_questions_per_minute=1000, **self.overrides,
+            user_questions_per_minute=1000,
+            # no ingress here, so no status webhooks to reconcile uncertain sends from:
+            # surface them on the DLQ (the reconcile policy is tested in test_egress_crash.py)
+            **{"uncertain_sends": "dlq", **self.overrides},
         )  # fmt: skip
         await ensure_pipeline_topics(self.settings)
         await asyncio.to_thread(upgrade, self.settings.sqlalchemy_url)

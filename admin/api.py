@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ log = logging.getLogger("admin")
 
 API = "/api/v1"
 MAX_DB_ID = 2**31 - 1
+MAX_BODY_DEPTH = 32  # the deepest real body (answer_filters) has a few levels
 OPERATOR_ONLY_FIELDS = ("tenant_questions_per_minute", "tenant_questions_per_day")
 _RequestKey: Any = getattr(web, "RequestKey", None)  # aiohttp >= 3.13; plain strings before
 PRINCIPAL_KEY: Any = _RequestKey("admin_principal", Principal) if _RequestKey else "principal"
@@ -107,6 +109,41 @@ def _missing(name: str, value: Any) -> str:
 
 # --- helpers ------------------------------------------------------------------------------------
 
+UNSTORABLE_TEXT = "text must not contain NUL characters or unpaired surrogates"
+
+
+def storable(text: str) -> bool:
+    """Whether the database can hold ``text``: PostgreSQL refuses NUL in text and JSONB, and
+    no driver can encode a lone surrogate (JSON can carry one as a ``\\udXXX`` escape)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def body_problem(data: Any) -> dict[str, Any] | None:
+    """The first value of a parsed body that no column could store, as an error detail."""
+    stack: list[tuple[Any, list[str | int]]] = [(data, [])]
+    while stack:
+        value, loc = stack.pop()
+        if len(loc) > MAX_BODY_DEPTH:
+            return {"loc": loc[:MAX_BODY_DEPTH], "msg": "nested too deeply", "type": "too_deep"}
+        if isinstance(value, str) and not storable(value):
+            return {"loc": loc, "msg": UNSTORABLE_TEXT, "type": "unstorable_text"}
+        if isinstance(value, float) and not math.isfinite(value):
+            return {"loc": loc, "msg": "numbers must be finite", "type": "not_finite"}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not storable(key):  # the key itself is not named: it may be anything
+                    return {"loc": loc, "msg": UNSTORABLE_TEXT, "type": "unstorable_text"}
+                stack.append((item, [*loc, key]))
+        elif isinstance(value, list):
+            stack += [(item, [*loc, i]) for i, item in enumerate(value)]
+    return None
+
 
 async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     """Parse and validate a JSON object body; every problem is a 400 naming the field."""
@@ -115,10 +152,14 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise bad_request("a JSON object body is required")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise bad_request("malformed JSON body") from None
     if not isinstance(data, dict):
         raise bad_request("the body must be a JSON object")
+    problem = body_problem(data)
+    if problem is not None:
+        name = ".".join(str(p) for p in problem["loc"]) or "body"
+        raise bad_request(f"invalid request body ({name})", details=[problem])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -135,7 +176,7 @@ def parse_query(request: web.Request, params: tuple[Param, ...]) -> dict[str, An
     values: dict[str, Any] = {}
     for param in params:
         raw = request.query.get(param.name)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and param.kind is not int):  # "?limit=" is no integer
             values[param.name] = param.default
             continue
         if param.kind is int:
@@ -151,6 +192,8 @@ def parse_query(request: web.Request, params: tuple[Param, ...]) -> dict[str, An
         else:
             if len(raw) > 200:
                 raise bad_request(f"query parameter {param.name} is too long")
+            if not storable(raw):
+                raise bad_request(f"query parameter {param.name}: {UNSTORABLE_TEXT}")
             values[param.name] = raw
     return values
 
@@ -258,7 +301,7 @@ def repository_errors(missing: str) -> Iterator[None]:
 
 def user_id_of(call: Call) -> str:
     user_id = call.path_str("user_id")
-    if not 1 <= len(user_id) <= 128:
+    if not 1 <= len(user_id) <= 128 or not storable(user_id):
         raise bad_request("user_id must be a wa_id or BSUID of 1-128 characters")
     return user_id
 
@@ -637,17 +680,17 @@ ROUTES: tuple[Route, ...] = (
           "user-links", response=s.UserLinkList, errors=(404,),
           query=(Param("after", description="Last user_id of the previous page."), LIMIT)),
     Route("GET", USER, get_user_link, "getUserLink", "Get a user link", "user-links",
-          response=s.UserLinkOut, errors=(404,)),
+          response=s.UserLinkOut, errors=(400, 404)),
     Route("PUT", USER, put_user_link, "putUserLink",
           "Create or change a user link (absent fields keep their value)", "user-links",
           body=s.UserLinkPut, response=s.UserLinkOut, errors=(400, 404),
           description="Answers 201 when the link was created, 200 when it was changed."),
     Route("DELETE", USER, delete_user_link, "deleteUserLink",
           "Delete a user link (the user's link and preferences)", "user-links", status=204,
-          errors=(404,)),
+          errors=(400, 404)),
     Route("DELETE", f"{USER}/data", delete_user_data, "deleteUserData",
           "Forget a user: conversation state, user links and analytics rows", "user-links",
-          response=s.UserDataDeleted, status=202, errors=(404, 503),
+          response=s.UserDataDeleted, status=202, errors=(400, 404, 503),
           description="Publishes a forget request (the conversation worker tombstones the "
           "chat's state) and deletes the user's links on every bot of the tenant and their "
           "analytics facts; see docs/privacy.md. 503 when the broker is unavailable (nothing "
@@ -656,6 +699,7 @@ ROUTES: tuple[Route, ...] = (
           "audit", response=s.AuditList,
           query=(TENANT_FILTER, Param("action", description="e.g. bot.update"),
                  Param("object_type", description="bot, chat_config or user_link"),
-                 Param("before", int, "Only entries with a smaller id (paging).", minimum=1),
+                 Param("before", int, "Only entries with a smaller id (paging).", minimum=1,
+                       maximum=MAX_DB_ID),
                  LIMIT)),
 )  # fmt: skip

@@ -138,7 +138,10 @@ class TokenAuth:
         credentials = credentials.strip()
         if scheme.lower() != "bearer" or not credentials:
             return None, "invalid_request"
-        presented = credentials.encode("utf-8")
+        try:
+            presented = credentials.encode("utf-8")
+        except UnicodeEncodeError:  # header bytes that are not UTF-8: no token looks like that
+            return None, "invalid_token"
         found: Principal | None = None
         for entry in self._entries:  # no early exit: every comparison runs
             if hmac.compare_digest(entry.token, presented):

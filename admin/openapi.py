@@ -37,7 +37,8 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 ERROR_TEXT = {
-    400: "Invalid request (malformed JSON, unknown fields, invalid values)",
+    400: "Invalid request (malformed JSON, unknown fields, invalid values, text with NUL "
+    "characters or unpaired surrogates, or rules across fields)",
     401: "Missing or invalid bearer token",
     403: "The token's role may not do this",
     404: "No such object (or it belongs to another tenant)",

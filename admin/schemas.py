@@ -23,7 +23,7 @@ PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
 ChatId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Quota = Annotated[int, Field(ge=1, le=100_000_000)]
 Throughput = Annotated[float, Field(gt=0, le=1000)]
-PersonaId = Annotated[int, Field(ge=0)]
+PersonaId = Annotated[int, Field(ge=0, le=2**31 - 1)]  # an INTEGER column
 
 
 def _utc(value: datetime) -> datetime:

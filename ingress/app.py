@@ -24,6 +24,9 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -50,6 +53,9 @@ class IngressMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_*, python_gc_*, python_info, as every other process exports them
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.requests = Counter(
             "onyx_wa_ingress_requests_total", "Webhook requests", ["outcome", "tenant"], registry=r
         )
@@ -101,6 +107,12 @@ def _numbers(doc: Any) -> list[str] | None:
     return found
 
 
+def _text(value: str) -> str:
+    """``value`` as valid UTF-8 for the Avro record: lone surrogates (a JSON ``\\udXXX`` escape,
+    header bytes that are not UTF-8) become ``?``. The raw body keeps what was sent."""
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def build_ingress_app(
     settings: Settings,
     *,
@@ -146,7 +158,7 @@ def build_ingress_app(
         metrics.body_bytes.observe(len(body))
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: RecursionError
             done("bad_json")
             return web.Response(status=400, text="body is not JSON")
         numbers = _numbers(doc)
@@ -183,9 +195,9 @@ def build_ingress_app(
             "delivery_id": str(uuid.uuid4()),
             "received_at": int(received * 1000),
             "body": body,
-            "headers": {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers},
+            "headers": {h: _text(request.headers[h]) for h in KEPT_HEADERS if h in request.headers},
             "tenant_ids": tenants,
-            "phone_number_ids": numbers,
+            "phone_number_ids": [_text(n) for n in numbers],
             "routed": routed,
         }
         try:

@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Iterable
 
 PREFIX = "sha256="
+HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 class SignatureMissing(Exception):
@@ -34,6 +35,8 @@ def verify(header: str | None, body: bytes, app_secrets: Iterable[str]) -> None:
     if not header or not header.startswith(PREFIX) or len(header) != len(PREFIX) + 64:
         raise SignatureMissing
     given = header[len(PREFIX) :].lower()
+    if not HEX_DIGITS.issuperset(given):  # also keeps non-ASCII away from compare_digest
+        raise SignatureMissing
     secrets = set(app_secrets)
     if not secrets:
         raise SignatureMismatch

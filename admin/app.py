@@ -3,6 +3,7 @@
 Layout (so the web UI and the analytics API can be added without touching what exists):
 
 - ``/healthz``, ``/readyz``: liveness and readiness, no token.
+- ``/metrics``: Prometheus metrics (``admin.metrics``: counts by route pattern, no ids), no token.
 - ``/openapi.json``: the OpenAPI 3.1 document of every route table passed in, no token.
 - ``/api/...``: JSON routes from route tables (``admin.api.ROUTES`` and any extra ones), all
   behind bearer tokens.
@@ -35,6 +36,7 @@ from admin.api import (
 from admin.audit import PendingAudit, audited_sessions
 from admin.auth import TokenAuth
 from admin.errors import error_middleware, unauthorized
+from admin.metrics import METRICS_KEY, AdminMetrics
 from admin.openapi import build_openapi
 from onyx_wa.runtime import StartupError
 from onyx_wa.settings import Settings, SettingsError
@@ -128,9 +130,14 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """One log line per request, naming the route pattern (no ids or phone numbers)."""
+    """One log line and one metric sample per request, naming the route pattern (no ids or
+    phone numbers)."""
     started = time.perf_counter()
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # a redirect raised by a handler (errors are responses)
+        request.config_dict[METRICS_KEY].observe(request, exc.status, time.perf_counter() - started)
+        raise
     if request.path.startswith("/api/"):
         response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -144,6 +151,9 @@ async def access_middleware(request: web.Request, handler: Any) -> web.StreamRes
         response.status,
         principal.actor if principal is not None else "-",
         (time.perf_counter() - started) * 1000,
+    )
+    request.config_dict[METRICS_KEY].observe(
+        request, response.status, time.perf_counter() - started
     )
     return response
 
@@ -193,6 +203,7 @@ def create_app(
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONTEXT_KEY] = context
+    app[METRICS_KEY] = metrics = AdminMetrics()
     document = build_openapi(routes, title=title)
 
     async def healthz(_: web.Request) -> web.Response:
@@ -209,6 +220,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics.view)
     for route in routes:
         app.router.add_route(route.method, router_path(route.path), _handler(route))
     if ui:

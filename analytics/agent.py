@@ -11,9 +11,11 @@ acks. A crash before that redelivers the batch, and the upserts make re-applying
 A database that is down stalls this agent (its lag grows; nothing is lost): the write is retried
 with backoff until it succeeds. If the worker is stopped while a batch is unwritten, the batch's
 events are withheld from the ack bookkeeping so their offsets are not committed on the way out.
-A record that cannot be decoded or mapped is logged, counted and skipped (it would never
-succeed); a batch the database rejects for its content (not for being unreachable) is retried
-fact by fact, and the facts it still rejects are skipped the same way.
+Facts of a forgotten user's events up to the forget are not written (``analytics.store``)
+and are counted as ``forgotten``. A record that cannot be decoded or mapped is logged, counted
+and skipped (it would never succeed); a batch the database rejects for its content (not for
+being unreachable) is retried fact by fact, and the facts it still rejects are skipped the same
+way.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class AnalyticsWriter:
         self._decode = get_codec().decode
         self.counted = {
             outcome: STAGE_EVENTS.labels("analytics", outcome)
-            for outcome in ("request", "result", "feedback", "invalid", "skipped")
+            for outcome in ("request", "result", "feedback", "invalid", "skipped", "forgotten")
         }
         self.latency = STAGE_LATENCY.labels("analytics")
 
@@ -112,7 +114,7 @@ class AnalyticsWriter:
         delay = RETRY_FIRST_S
         while True:
             try:
-                await write_batch(self.sessions, batch)
+                self._written(batch, await write_batch(self.sessions, batch))
                 return
             except Exception as exc:  # noqa: BLE001
                 if not is_transient(exc):
@@ -125,6 +127,11 @@ class AnalyticsWriter:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
+    def _written(self, batch: FactBatch, written: int) -> None:
+        """Count the facts a forget covered (write_batch leaves them out)."""
+        if written < len(batch):
+            self.counted["forgotten"].inc(len(batch) - written)
+
     async def _store_one_by_one(self, batch: FactBatch, first: BaseException) -> None:
         log.warning("analytics: batch rejected (%s); writing it fact by fact", first)
         for fact in (*batch.requests.values(), *batch.results.values(), *batch.feedback.values()):
@@ -133,7 +140,7 @@ class AnalyticsWriter:
             delay = RETRY_FIRST_S
             while True:
                 try:
-                    await write_batch(self.sessions, single)
+                    self._written(single, await write_batch(self.sessions, single))
                     break
                 except Exception as exc:  # noqa: BLE001
                     if not is_transient(exc):

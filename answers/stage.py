@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,11 +23,12 @@ import faust
 
 from answers.model import Answer, Turn, answer_to_avro_fields
 from onyx_wa import topics as t
-from onyx_wa.metrics import ANSWER_LATENCY, STAGE_EVENTS
+from onyx_wa.metrics import ANSWER_ERRORS, ANSWER_LATENCY, STAGE_EVENTS
 from streams.addressing import outbound_id_for
 from streams.app import StageContext
 
 log = logging.getLogger(__name__)
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 class AnswerService:
@@ -86,7 +88,10 @@ class AnswerService:
                 )
         outcome = "failed" if answer.error else "ok"
         ANSWER_LATENCY.labels(backend_name, outcome).observe(time.perf_counter() - started)
-        return result_record(request, answer)
+        record = result_record(request, answer)
+        if record["error_code"]:
+            ANSWER_ERRORS.labels(backend_name, metric_code(record["error_code"])).inc()
+        return record
 
     async def _run(self, request: dict[str, Any], backend_name: str) -> Answer:
         history = [Turn(role=t_["role"], text=t_["text"]) for t_ in request.get("history") or []]
@@ -123,6 +128,13 @@ class AnswerService:
         for backend in (self._local, self._pool):
             if backend is not None:
                 await backend.aclose()
+
+
+def metric_code(error_code: str) -> str:
+    """The ``code`` label of ``onyx_wa_answer_errors_total``: the result's error code
+    (``onyx_unavailable``, ``onyx_auth``, ``backend_error``, ...) when it looks like one, else
+    ``backend_error``, so a free-text error can never grow the label set without bound."""
+    return error_code if _CODE.fullmatch(error_code) else "backend_error"
 
 
 def result_record(request: dict[str, Any], answer: Answer) -> dict[str, Any]:

@@ -234,6 +234,22 @@ class FeedbackFact(Base):
     source: Mapped[str] = mapped_column(String(16), nullable=False)  # button | reaction
 
 
+class ForgottenUser(Base):
+    """A user whose data was deleted (``/forget`` or the admin API), as a pseudonym and a time.
+
+    Kafka topics still hold the user's earlier events until retention removes them; the
+    analytics agent skips facts of this user whose event time is at or before ``forgotten_at``,
+    so replaying those topics cannot re-create what was deleted. One row per ``user_hash`` under
+    every configured key (like the deletion); no phone number, only the keyed pseudonym.
+    """
+
+    __tablename__ = "wa_forgotten_user"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    forgotten_at: Mapped[int] = mapped_column(BigInteger, nullable=False)  # epoch ms, latest
+
+
 class ConfigVersion(Base):
     """A counter bumped by every bot / chat-config write, so caches elsewhere notice cheaply."""
 

@@ -156,6 +156,79 @@ def short_hash(value: str | None) -> str:
 # --- forgetting a user's rows ---------------------------------------------------------------------
 
 
+def forget_lock_key(tenant_id: str) -> int:
+    """The PostgreSQL advisory-lock key of ``tenant_id``'s forgets (a signed 64-bit int)."""
+    digest = hashlib.sha256(b"onyx-wa forget\x1f" + tenant_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def lock_tenant_forgets(session: Any, tenant_ids: Any, *, shared: bool) -> None:
+    """Serialize forgets with analytics writes of the same tenants, until the transaction ends.
+
+    Call it first in the transaction. On PostgreSQL a forget takes an advisory lock on its
+    tenant exclusively and an analytics batch shares those of its tenants: a batch that read "not
+    forgotten" commits before the forget deletes, and a batch that starts after the forget sees
+    its ``wa_forgotten_user`` rows. Without it, a batch in flight during a forget could insert
+    facts the forget's DELETE did not see. On SQLite both take the database's write lock now
+    (a no-op UPDATE), since the driver would otherwise read outside the transaction.
+    """
+    from sqlalchemy import text
+
+    dialect = session.bind.dialect.name
+    if dialect == "sqlite":
+        await session.execute(
+            text("UPDATE wa_forgotten_user SET forgotten_at = forgotten_at WHERE 1 = 0")
+        )
+        return
+    if dialect != "postgresql":
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    for tenant_id in sorted(set(tenant_ids)):
+        await session.execute(text(f"SELECT {function}(:key)"), {"key": forget_lock_key(tenant_id)})
+
+
+def _mark_forgotten(dialect: str) -> Any:
+    """Upsert ``wa_forgotten_user`` rows; a repeated forget keeps the latest time."""
+    from sqlalchemy import case
+
+    from store.models import ForgottenUser
+
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = ForgottenUser.__table__
+    stmt = insert(table)
+    new, old = stmt.excluded, table.c
+    return stmt.on_conflict_do_update(
+        index_elements=[old.tenant_id, old.user_hash],
+        set_={
+            "forgotten_at": case(
+                (new.forgotten_at > old.forgotten_at, new.forgotten_at), else_=old.forgotten_at
+            )
+        },
+    )
+
+
+async def forgotten_since(session: Any, tenant_id: str, hashes: Any) -> dict[str, int]:
+    """``{user_hash: forgotten_at}`` for those of ``hashes`` forgotten in ``tenant_id``."""
+    from sqlalchemy import select
+
+    from store.models import ForgottenUser
+
+    wanted = sorted(set(hashes))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), 500):  # bounded IN lists
+        rows = await session.execute(
+            select(ForgottenUser.user_hash, ForgottenUser.forgotten_at).where(
+                ForgottenUser.tenant_id == tenant_id,
+                ForgottenUser.user_hash.in_(wanted[start : start + 500]),
+            )
+        )
+        found.update({user: int(at) for user, at in rows})
+    return found
+
+
 @dataclass
 class ForgetReport:
     """What was deleted from the database for one user of one tenant."""
@@ -179,20 +252,27 @@ async def forget_user_rows(
     *,
     settings: Settings | None = None,
     audit: dict[str, Any] | None = None,
+    at_ms: int | None = None,
 ) -> ForgetReport:
     """Delete the user's links (on every bot of the tenant) and analytics facts, in one
     transaction; ``audit`` (``AuditLogEntry`` values) is written in the same transaction.
 
     Links go through the ORM so the config version is bumped and every worker drops its cached
-    link index; facts go by ``user_hash`` under every configured key. Idempotent.
+    link index; facts go by ``user_hash`` under every configured key. The same transaction
+    records the user in ``wa_forgotten_user`` (time ``at_ms``, default now), so the analytics
+    agent never re-creates facts of events up to then from a replay. Idempotent.
     """
+    import time
+
     from sqlalchemy import delete, select
 
     from store.models import AuditLogEntry, FeedbackFact, QuestionFact, WhatsAppUserLink
 
     hashes = user_hashes(tenant_id, user_id, settings)
+    forgotten_at = int(time.time() * 1000) if at_ms is None else at_ms
     report = ForgetReport()
     async with sessions() as session:
+        await lock_tenant_forgets(session, [tenant_id], shared=False)
         links = (
             await session.scalars(
                 select(WhatsAppUserLink).where(
@@ -215,6 +295,13 @@ async def forget_user_rows(
             )
         )
         report.feedback_facts = int(result.rowcount or 0)
+        await session.execute(
+            _mark_forgotten(session.bind.dialect.name),
+            [
+                {"tenant_id": tenant_id, "user_hash": uh, "forgotten_at": forgotten_at}
+                for uh in hashes
+            ],
+        )
         if audit is not None:
             session.add(AuditLogEntry(**audit))
         await session.commit()

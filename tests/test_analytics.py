@@ -347,6 +347,105 @@ async def test_feedback_duplicates_do_not_count_twice(each_store) -> None:
     assert values["request_id"] == "r1" and values["is_positive"] is True
 
 
+# --- forgotten users ----------------------------------------------------------------------------
+
+
+async def test_a_replay_does_not_bring_back_a_forgotten_users_facts(each_store, tmp_path) -> None:
+    """/forget (or the admin's delete) deleted the user's facts; the topics still hold their
+    events. Re-applying those events writes nothing of that user, everyone else's facts are
+    re-created as before, and what the user does after the forget counts again."""
+    from store.models import ForgottenUser
+    from store.privacy import forget_user_rows, user_hashes
+
+    settings = load_settings(
+        hash_secret="forget-secret", data_dir=tmp_path, kafka_bootstrap_servers="127.0.0.1:1"
+    )
+    hasher = UserHasher.from_settings(settings)
+    sessions = each_store.sessions
+
+    async def feed(records: list[dict[str, Any]], batch_size: int = 500) -> None:
+        for start in range(0, len(records), batch_size):
+            batch = FactBatch()
+            batch.extend(fact(r, hasher) for r in records[start : start + batch_size])
+            await write_batch(sessions, batch)
+
+    async def rows_of(user: str) -> tuple[int, int]:
+        hashes = user_hashes("acme", user, settings)
+        async with sessions() as session:
+            q = await session.scalar(select(func.count()).where(QuestionFact.user_hash.in_(hashes)))
+            f = await session.scalar(select(func.count()).where(FeedbackFact.user_hash.in_(hashes)))
+        return int(q or 0), int(f or 0)
+
+    ana = request("a1", sender="2001", at="2026-03-01T10:00")
+    ana_late = request("a2", sender="2001", at="2026-03-01T23:00")  # answered after the forget
+    bo = request("b1", sender="2002", at="2026-03-01T11:00")
+    old = [
+        ana, ana_late, bo,
+        result(ana), result(bo, cites=0),
+        feedback("wamid.fa", ana, up=True, at="2026-03-01T10:05"),
+        feedback("wamid.fb", bo, up=False, at="2026-03-01T11:05"),
+    ]  # fmt: skip
+    await feed(old)
+    assert await rows_of("2001") == (2, 1) and await rows_of("2002") == (1, 1)
+    bo_rows = [r for part in await snapshot(sessions) for r in part if "b1" in r]
+
+    forgot_at = ms("2026-03-01T23:30")
+    report = await forget_user_rows(sessions, "acme", "2001", settings=settings, at_ms=forgot_at)
+    assert (report.question_facts, report.feedback_facts) == (2, 1)
+    assert await rows_of("2001") == (0, 0)
+    # the answer of the question in flight at the forget arrives afterwards
+    in_flight = result(ana_late, latency=3_600_000)  # started before, finished after the forget
+    assert in_flight["finished_at"] > forgot_at
+    # an old request the answer stage ran again (it was republished): answered after the forget
+    rerun = dict(result(ana, latency=20), finished_at=forgot_at + 60_000)
+    await feed([in_flight])
+    await feed([rerun])
+
+    # the replay: the old events again, as one batch, reversed one by one, and duplicated
+    await feed(old)
+    await feed(list(reversed(old)), batch_size=1)
+    await feed(old + old)
+    assert await rows_of("2001") == (0, 0)
+    assert [r for part in await snapshot(sessions) for r in part if "b1" in r] == bo_rows
+
+    # the user comes back: their new question and feedback count
+    again = request("a3", sender="2001", at="2026-03-02T09:00")
+    await feed([again, feedback("wamid.fa3", again, up=True, at="2026-03-02T09:01")])
+    await feed([result(again, status="failed", error="onyx_unavailable")])
+    assert await rows_of("2001") == (1, 1)
+    async with sessions() as session:
+        outcome = await session.scalar(select(QuestionFact.outcome).where(
+            QuestionFact.request_id == "a3"))  # fmt: skip
+    assert outcome == "failed"  # its answer updates the row the new question created
+
+    # a repeated forget keeps the latest time, never an earlier one
+    await forget_user_rows(sessions, "acme", "2001", settings=settings, at_ms=forgot_at - 1000)
+    async with sessions() as session:
+        times = set(await session.scalars(select(ForgottenUser.forgotten_at)))
+    assert times == {forgot_at}
+    assert await rows_of("2001") == (0, 0)  # the second forget deleted the new rows
+    await feed([again])  # a replay of a3: asked after the recorded forget time, it counts
+    assert await rows_of("2001") == (1, 0)
+
+
+async def test_a_forget_waits_for_an_analytics_batch_of_its_tenant(each_store, tmp_path) -> None:
+    """A batch holds its tenants' forget lock until it commits, so a forget cannot delete between
+    the batch's "not forgotten" check and its write (PostgreSQL: advisory locks; SQLite: the
+    database's write lock)."""
+    from store.privacy import forget_user_rows, lock_tenant_forgets
+
+    settings = load_settings(
+        hash_secret="forget-secret", data_dir=tmp_path, kafka_bootstrap_servers="127.0.0.1:1"
+    )
+    sessions = each_store.sessions
+    async with sessions() as held, held.begin():
+        await lock_tenant_forgets(held, ["acme"], shared=True)
+        forget = asyncio.create_task(forget_user_rows(sessions, "acme", "2001", settings=settings))
+        await asyncio.sleep(0.5)
+        assert not forget.done(), "the forget did not wait for the batch's transaction"
+    await asyncio.wait_for(forget, 10)
+
+
 # --- the figures --------------------------------------------------------------------------------
 
 

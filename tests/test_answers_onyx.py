@@ -690,3 +690,86 @@ async def test_linked_user_key_is_a_separate_client_sharing_the_tenant_breaker(
         await pool.aclose()
     keys = [r["key_sha256"] for r in await fake.requests()]
     assert keys == [sha(user_key), sha(fake.key)]
+
+
+# --- the answer stage counts its failures -------------------------------------------------------
+
+
+class _Bot:
+    def __init__(self, url: str, key: str) -> None:
+        self.tenant_id, self.onyx_base_url, self.onyx_api_key = "tenant-m", url, key
+
+
+class _Config:
+    """The worker's config lookup as the answer stage uses it: one bot, no linked users."""
+
+    def __init__(self, bot: _Bot | None = None, broken: bool = False) -> None:
+        self._bot, self.broken = bot, broken
+
+    async def bot(self, phone_number_id: str) -> _Bot | None:
+        if self.broken:
+            raise RuntimeError("config lookup exploded")
+        return self._bot
+
+    async def linked_onyx_key(self, bot: Any, sender: str) -> None:
+        return None
+
+
+def _answer_request(n: int) -> dict[str, Any]:
+    return {
+        "request_id": f"req-{n}", "tenant_id": "tenant-m", "phone_number_id": "pn-m",
+        "chat_id": "15550004444", "chat_type": "direct", "recipient": "15550004444",
+        "recipient_kind": "phone", "question_message_id": f"wamid.m{n}",
+        "sender_id": "15550004444", "question": "How many vacation days do I get?",
+        "answer_backend": "onyx",
+    }  # fmt: skip
+
+
+def _answer_errors(backend: str, code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return (
+        REGISTRY.get_sample_value("onyx_wa_answer_errors_total", {"backend": backend, "code": code})
+        or 0.0
+    )
+
+
+async def test_answer_stage_counts_failures_by_backend_and_code(
+    fake_onyx: FakeFactory, tmp_path
+) -> None:
+    from answers.stage import AnswerService
+    from onyx_wa.settings import load_settings
+    from streams.app import StageContext
+
+    fake = await fake_onyx()
+    settings = load_settings(data_dir=tmp_path, onyx_max_retries=0)
+    ctx = StageContext(settings=settings, topics=None)  # type: ignore[arg-type]
+    ctx.resources["config"] = _Config(_Bot(fake.url, fake.key))
+    service = AnswerService(ctx)
+    unavailable = _answer_errors("onyx", "onyx_unavailable")
+    backend_error = _answer_errors("onyx", "backend_error")
+    try:
+        ok = await service.answer(_answer_request(0))
+        assert ok["status"] == "ok"
+        assert _answer_errors("onyx", "onyx_unavailable") == unavailable  # success: not counted
+        await fake.faults(status=500)
+        results = [await service.answer(_answer_request(n)) for n in range(1, 7)]
+        assert [r["error_code"] for r in results] == ["onyx_unavailable"] * 6
+        assert "circuit open" in (results[-1]["error_message"] or "")  # the breaker opened
+        assert len(await fake.requests()) == 1 + 5  # the open breaker kept the 6th off Onyx
+        assert _answer_errors("onyx", "onyx_unavailable") == unavailable + 6
+
+        ctx.resources["config"] = _Config(broken=True)  # a bug here: a polite failure, counted
+        crashed = await service.answer(_answer_request(7))
+        assert crashed["status"] == "failed" and crashed["error_code"] == "backend_error"
+        assert _answer_errors("onyx", "backend_error") == backend_error + 1
+    finally:
+        await service.aclose()
+
+
+def test_answer_error_code_label_is_bounded() -> None:
+    from answers.stage import metric_code
+
+    assert metric_code("onyx_rate_limited") == "onyx_rate_limited"
+    assert metric_code("HTTP 500 from https://onyx.example/api") == "backend_error"
+    assert metric_code("x" * 41) == "backend_error"

@@ -25,6 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from typer.main import get_command
 
 import onyx_wa.metrics as worker_metrics
+from admin.metrics import AdminMetrics
 from ingress.app import IngressMetrics
 from onyx_wa.cli import app as cli_app
 from ops.lag_exporter import LagCollector
@@ -127,6 +128,10 @@ def build_catalog() -> dict[str, Series]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(lag)
     _add_registry(catalog, registry, "lag exporter")
+    # admin: a private registry per app
+    admin = AdminMetrics()
+    _add_registry(catalog, admin.registry, "admin")
+    _add_wrappers(catalog, _wrappers(admin))
     return catalog
 
 
@@ -330,7 +335,9 @@ def test_every_worker_metric_has_a_panel():
         for s in _selectors(promql_parser.parse(grafana_to_promql(e)))
         if s.name in CATALOG
     }
-    for metric in _wrappers(worker_metrics) + _wrappers(IngressMetrics()):
+    for metric in (
+        _wrappers(worker_metrics) + _wrappers(IngressMetrics()) + _wrappers(AdminMetrics())
+    ):
         family = metric.describe()[0].name
         assert family in dashboard_families, f"{family} has no dashboard panel"
     assert "onyx_wa_consumer_lag_seconds" in used_families

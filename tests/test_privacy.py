@@ -311,3 +311,100 @@ async def test_admin_delete_user_data_needs_the_broker(store):
                 assert (await resp.json())["error"]["code"] == "unavailable"
     finally:
         await runner.cleanup()
+
+
+async def test_replaying_a_forgotten_users_events_does_not_recreate_their_facts(pipeline, store):
+    """The topics keep a forgotten user's answer requests, results and feedback until retention
+    deletes them. Fed to the analytics agent again (a replay), they write nothing of that user;
+    another user's events of the same replay are materialized as usual."""
+    from prometheus_client import REGISTRY
+
+    from onyx_wa import topics as t
+    from onyx_wa.kafka import start_producer
+    from schemas.codec import get_codec
+    from tests.test_analytics import feedback as feedback_record
+    from tests.test_analytics import request as request_record
+    from tests.test_analytics import result as result_record
+
+    sessions, _ = store
+    settings = pipeline.settings
+    bot = await pipeline.add_bot()
+    tenant, user, other = bot.tenant_id, "15550009201", "15550009202"
+    codec = get_codec()
+
+    def history(sender: str) -> list[tuple[Any, str, dict[str, Any]]]:
+        """A question, its answer and a 👍, ten minutes ago (as the topics hold them)."""
+        minutes_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 600))
+        req = request_record(f"{sender}-{uuid.uuid4().hex[:6]}", tenant=tenant, sender=sender,
+                             at=minutes_ago)  # fmt: skip
+        fb = feedback_record(f"wamid.{uuid.uuid4().hex}", req, up=True, at=minutes_ago)
+        return [
+            (t.ANSWER_REQUESTS, "AnswerRequest", req),
+            (t.ANSWER_RESULTS, "AnswerResult", result_record(req)),
+            (t.FEEDBACK, "Feedback", fb),
+        ]
+
+    async def produce(records: list[tuple[Any, str, dict[str, Any]]]) -> None:
+        producer = await start_producer(settings)
+        try:
+            for spec, schema, record in records:
+                await producer.send(
+                    t.full_name(spec, settings.topic_prefix),
+                    codec.encode(schema, record),
+                    key=f"{tenant}:{record['chat_id']}".encode(),
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    def forgotten_count() -> float:
+        labels = {"stage": "analytics", "outcome": "forgotten"}
+        return REGISTRY.get_sample_value("onyx_wa_stage_events_total", labels) or 0.0
+
+    async def wait_until(check: Any, what: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not await check():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.2)
+
+    users_history = history(user)
+    await produce(users_history)
+
+    async def users_facts_in() -> bool:
+        return await count_facts(sessions, settings, tenant, user) == (1, 1)
+
+    await wait_until(users_facts_in, "the analytics agent did not materialize the user's facts")
+
+    meta = pipeline.meta(bot)
+    await meta.send_text(bot.phone_number_id, user, "/forget")
+    replies = await pipeline.wait_for(user, 1, settle_s=0)
+    assert replies and replies[-1]["body"].startswith("I deleted")
+    assert await count_facts(sessions, settings, tenant, user) == (0, 0)
+
+    # the replay: the forgotten user's events again, and another user's (not forgotten)
+    # The pipeline's answer stage reads onyx.answer.requests too: it answers both replayed
+    # requests again, and those answers finish after the forget. They must not re-create a row.
+    skipped_before = forgotten_count()
+    replayed_at = int(time.time() * 1000)
+    await produce(users_history + history(other))
+
+    async def others_reanswer_in() -> bool:  # results of one chat are in order on one partition
+        hashes = user_hashes(tenant, other, settings)
+        async with sessions() as session:
+            answered = await session.scalar(
+                select(func.max(QuestionFact.answered_at)).where(
+                    QuestionFact.tenant_id == tenant, QuestionFact.user_hash.in_(hashes)
+                )
+            )
+        return (
+            await count_facts(sessions, settings, tenant, other) == (1, 1)
+            and (answered or 0) >= replayed_at
+        )
+
+    async def users_replay_skipped() -> bool:  # its request and its 👍 (the results fold)
+        return forgotten_count() - skipped_before >= 2
+
+    await wait_until(others_reanswer_in, "the other user's facts were not materialized")
+    await wait_until(users_replay_skipped, "the forgotten user's replayed events were not skipped")
+    await asyncio.sleep(2.0)  # the user's own re-answer lands in a batch by now (1 s batches)
+    assert await count_facts(sessions, settings, tenant, user) == (0, 0)

@@ -20,8 +20,9 @@ TABLES = {
     "wa_audit_log",
     "wa_question_fact",
     "wa_feedback_fact",
+    "wa_forgotten_user",
 }
-LATEST = "0003"
+LATEST = "0004"
 
 
 async def _tables(url: str) -> set[str]:

@@ -248,6 +248,20 @@ def _status(
     }
 
 
+def _without_lone_surrogates(doc: Any) -> Any:
+    """``doc`` with every lone surrogate (a ``\\udXXX`` escape with no pair) replaced by ``?``.
+
+    Why: such strings cannot be encoded as UTF-8, so one of them in a signed body would fail the
+    Avro encoding of every event cut from it. Valid pairs (emoji) are already joined by the JSON
+    parser and pass through unchanged."""
+    text = json.dumps(doc, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+        return doc
+    except UnicodeEncodeError:
+        return json.loads(text.encode("utf-8", "replace"))
+
+
 def normalize_delivery(
     body: bytes,
     *,
@@ -259,7 +273,9 @@ def normalize_delivery(
     out = Normalized()
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if b"\\u" in body:
+            doc = _without_lone_surrogates(doc)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         out.invalid.append(
             _invalid(
                 f"body is not JSON: {exc}",

@@ -9,6 +9,7 @@ Parsing never raises: what cannot be parsed becomes an InvalidEvent with the rea
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime
@@ -71,6 +72,17 @@ def register(app: faust.App, ctx: StageContext) -> None:
         from schemas.codec import CodecError, get_codec
 
         codec = get_codec()
+
+        async def _send_or_park(kind: str, key: bytes, record: dict[str, Any]) -> None:
+            """Send one normalized event; one Avro cannot carry goes to invalid, not a crash."""
+            try:
+                await send(kind, key, record)
+            except CodecError as exc:
+                fragment = json.dumps(record, default=str, ensure_ascii=True).encode()
+                await invalid.send(
+                    key=key, value=invalid_record("preprocess", str(exc), fragment, raw_name)
+                )
+
         async for value in stream:
             started = time.perf_counter()
             try:
@@ -81,18 +93,29 @@ def register(app: faust.App, ctx: StageContext) -> None:
                 )
                 STAGE_EVENTS.labels("preprocess", "invalid").inc()
                 continue
-            result = normalize_delivery(
-                raw["body"],
-                delivery_id=raw["delivery_id"],
-                received_at_ms=_ms(raw["received_at"]),
-                tenant_for=tenant_map(raw),
-            )
+            try:
+                result = normalize_delivery(
+                    raw["body"],
+                    delivery_id=raw["delivery_id"],
+                    received_at_ms=_ms(raw["received_at"]),
+                    tenant_for=tenant_map(raw),
+                )
+            except Exception as exc:  # a poison pill must not stop the partition
+                log.exception("preprocess: cannot normalize delivery %s", raw["delivery_id"])
+                await invalid.send(
+                    key=raw["delivery_id"].encode(),
+                    value=invalid_record(
+                        "preprocess", f"cannot normalize: {exc!r}"[:500], value, raw_name
+                    ),
+                )
+                STAGE_EVENTS.labels("preprocess", "invalid").inc()
+                continue
             for message in result.messages:
                 key = chat_key(message["tenant_id"], message["chat_id"]).encode()
-                await send(t.INBOUND, key, message)
+                await _send_or_park(t.INBOUND, key, message)
             for status in result.statuses:
                 key = number_key(status["tenant_id"], status["phone_number_id"]).encode()
-                await send(t.STATUSES, key, status)
+                await _send_or_park(t.STATUSES, key, status)
             for bad in result.invalid:
                 bad.setdefault("source_topic", raw_name)
                 await invalid.send(key=raw["delivery_id"].encode(), value=bad)

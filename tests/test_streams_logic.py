@@ -139,12 +139,29 @@ def test_statuses_and_unsupported_errors():
         b"[1,2]",
         b'{"entry": "x"}',
         json.dumps({"entry": [{"changes": [{"value": 5}]}]}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser's recursion limit
     ],
+    ids=["text", "list", "entry-not-list", "value-not-dict", "too-deep"],
 )
 def test_garbage_becomes_invalid_events(body):
     out = normalize(body)
     assert out.messages == [] and len(out.invalid) == 1
     get_codec().encode("InvalidEvent", out.invalid[0])
+
+
+def test_lone_surrogates_are_replaced_so_every_event_still_encodes():
+    """A JSON ``\\udXXX`` escape with no pair cannot be UTF-8: it becomes ``?`` (the raw topic
+    keeps the original body); a valid pair (an emoji) is untouched."""
+    msg = base("text", {"body": "x"})
+    contacts = [{"profile": {"name": "Ana"}, "wa_id": "15551230000"}]
+    body = json.dumps(meta.notification(PNID, messages=[msg], contacts=contacts))
+    body = body.replace('"x"', '"a\\ud800b \\ud83d\\ude00"').replace('"Ana"', '"\\udfffAna"')
+    out = normalize(body.encode())
+    assert not out.invalid
+    [record] = out.messages
+    assert record["text"] == "a?b \U0001f600"
+    assert record["sender_name"] == "?Ana"
+    get_codec().encode("InboundMessage", record)
 
 
 def test_one_bad_message_does_not_lose_the_good_ones():

@@ -2,9 +2,15 @@
 
 Why: when a tenant's Onyx is down, every question would otherwise wait through connect timeouts
 and retries, tie up that tenant's answer slots and hammer a server that is trying to recover.
-After ``failure_threshold`` consecutive failures the breaker opens and calls fail immediately;
-after ``reset_timeout_s`` a single trial call is let through (half-open) and its outcome decides
+After ``failure_threshold`` consecutive failures, when at least ``min_failure_ratio`` of the
+last ``window`` calls failed too, the breaker opens and calls fail immediately; after
+``reset_timeout_s`` a single trial call is let through (half-open) and its outcome decides
 between closing again and another open period.
+
+Why both conditions: a run of consecutive failures alone opens on sporadic errors under load
+(with 30% of calls failing and dozens in flight, five in a row came within seconds in the chaos
+run, and every question for the next 30 s got the polite failure instead of an answer). An
+outage fails every call, so it meets both at once and is caught as fast as before.
 
 Single event loop, no awaits inside: the methods are atomic with respect to asyncio tasks.
 """
@@ -12,6 +18,7 @@ Single event loop, no awaits inside: the methods are atomic with respect to asyn
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -19,20 +26,28 @@ State = Literal["closed", "open", "half_open"]
 
 
 class CircuitBreaker:
-    """closed → open after N consecutive failures → half-open after a timeout → closed/open."""
+    """closed → open after N consecutive failures (and a failing window) → half-open after a
+    timeout → closed/open."""
 
     def __init__(
         self,
         failure_threshold: int = 5,
         reset_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        window: int = 20,
+        min_failure_ratio: float = 0.5,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
         if reset_timeout_s < 0:
             raise ValueError("reset_timeout_s must be >= 0")
+        if window < failure_threshold or not 0 < min_failure_ratio <= 1:
+            raise ValueError("window must be >= failure_threshold, min_failure_ratio in (0, 1]")
         self.failure_threshold = failure_threshold
         self.reset_timeout_s = reset_timeout_s
+        self.min_failure_ratio = min_failure_ratio
+        self._recent: deque[bool] = deque(maxlen=window)  # True: that call failed
         self._clock = clock
         self._state: State = "closed"
         self._failures = 0
@@ -73,12 +88,22 @@ class CircuitBreaker:
         self._state = "closed"
         self._failures = 0
         self._trial_started_at = None
+        self._recent.append(False)
+
+    @property
+    def failure_ratio(self) -> float:
+        """Failed share of the last ``window`` calls (0 before any)."""
+        return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
     def record_failure(self) -> None:
         """The remote failed (transport error, timeout, 5xx, cut stream)."""
         state = self.state
         self._failures += 1
-        if state == "half_open" or self._failures >= self.failure_threshold:
+        self._recent.append(True)
+        if state == "half_open" or (
+            self._failures >= self.failure_threshold
+            and self.failure_ratio >= self.min_failure_ratio
+        ):
             self._state = "open"
             self._opened_at = self._clock()
             self._trial_started_at = None

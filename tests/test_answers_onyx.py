@@ -193,6 +193,25 @@ def test_breaker_state_machine() -> None:
     assert breaker.state == "closed" and breaker.allow() and breaker.consecutive_failures == 0
 
 
+def test_breaker_ignores_a_run_of_sporadic_failures_but_opens_on_an_outage() -> None:
+    """Five failures in a row among many successes (30% of calls failing under load) keep it
+    closed; an outage, where everything fails, opens it after the same five."""
+    breaker = CircuitBreaker(failure_threshold=5, reset_timeout_s=10, clock=lambda: 0.0)
+    for _ in range(15):
+        breaker.record_success()
+    for _ in range(5):
+        breaker.record_failure()
+    assert breaker.consecutive_failures == 5 and breaker.failure_ratio == 0.25
+    assert breaker.state == "closed" and breaker.allow()
+    for _ in range(5):  # the window is now half failures: an outage, not noise
+        breaker.record_failure()
+    assert breaker.state == "open"
+    fresh = CircuitBreaker(failure_threshold=5, reset_timeout_s=10, clock=lambda: 0.0)
+    for _ in range(5):
+        fresh.record_failure()
+    assert fresh.state == "open"  # a down Onyx from the start is caught as fast as before
+
+
 def test_breaker_lost_trial_does_not_wedge() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=clock)

@@ -114,7 +114,9 @@ def faust_broker_settings(settings: Settings) -> dict[str, Any]:
         "topic_replication_factor": settings.replication_factor,
         "topic_allow_declare": True,
         "topic_disable_leader": True,
-        "stream_wait_empty": False,
+        # Faust's default: finish the event in hand before a rebalance or a stop (False let a
+        # worker leave mid-event; every stage is idempotent, but there is no reason to)
+        "stream_wait_empty": True,
     }
 
 
@@ -258,7 +260,11 @@ async def ensure_pipeline_topics(settings: Settings, prefix: str | None = None) 
 
 
 async def end_offsets(
-    bootstrap_servers: str, partitions: list[TopicPartition], *, embedded: bool
+    bootstrap_servers: str,
+    partitions: list[TopicPartition],
+    *,
+    embedded: bool,
+    tail_timeout_s: float = 30.0,
 ) -> dict[TopicPartition, int]:
     """The high watermark per partition, correct on both brokers.
 
@@ -281,12 +287,26 @@ async def end_offsets(
                 exact[tp] = 0
                 continue
             consumer.seek(tp, end - 1)
+            # the batch holding offset end - 1 exists: an empty fetch before it arrived is the
+            # broker being slow (Tansu may hold a fetch for its whole wait), not the end. Taking
+            # it as the end under-reported the watermark under load, and Faust's recovery then
+            # stalled the worker with a ConsistencyError (found by the chaos rebalance run).
+            deadline = asyncio.get_running_loop().time() + tail_timeout_s
+            seen_tail = False
             while True:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
                 records = batch.get(tp, [])
-                if not records:
+                if records:
+                    seen_tail = True
+                    end = max(end, records[-1].offset + 1)
+                    continue
+                if seen_tail:
                     break
-                end = max(end, records[-1].offset + 1)
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise BrokerUnavailable(
+                        f"cannot read the tail of {tp.topic}[{tp.partition}] within "
+                        f"{tail_timeout_s:g} s to find its true end offset"
+                    )
             exact[tp] = end
         return exact
     finally:

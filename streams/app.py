@@ -12,6 +12,7 @@ the same roles share the work, and workers running other roles never steal it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from onyx_wa.kafka import faust_broker_settings
 from onyx_wa.settings import Settings
 from schemas.codec import get_codec
 from schemas.faust_codec import register_faust_codecs
+
+log = logging.getLogger(__name__)
 
 ROLES = ("streams", "answers", "egress", "analytics")
 
@@ -78,7 +81,8 @@ class Topics:
         exactly like the topic objects do.
         """
         data = get_codec().encode(spec.schema, value)
-        await self.app.producer.send(self.name(spec), key, data, None, None, None)
+        delivery = await self.app.producer.send(self.name(spec), key, data, None, None, None)
+        delivery.add_done_callback(_log_failed_delivery)
 
     def merged(self, *specs: t.TopicSpec) -> faust.TopicT:
         """One stream over several co-partitioned topics (same key, same partition count)."""
@@ -148,3 +152,9 @@ def build_app(
 
         analytics_agent.register(app, ctx)
     return app, ctx
+
+
+def _log_failed_delivery(delivery: Any) -> None:
+    """A record the producer gave up on is loud (nobody else awaits these futures)."""
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.error("record delivery failed: %r", delivery.exception())

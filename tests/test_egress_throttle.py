@@ -17,7 +17,7 @@ def test_bucket_reserves_slots_exactly_at_the_rate():
     waits = [bucket._reserve(now[0]) for _ in range(801)]
     assert waits[0] == 0
     assert waits[800] == pytest.approx(2.0)
-    assert all(b - a == pytest.approx(1 / 400) for a, b in zip(waits, waits[1:]))
+    assert all(b - a == pytest.approx(1 / 400) for a, b in zip(waits[:-1], waits[1:], strict=True))
 
 
 async def test_bucket_holds_the_rate_and_overshoot_does_not_accumulate():

@@ -20,6 +20,7 @@ import faust
 from onyx_wa import topics as t
 from onyx_wa.metrics import FEEDBACK_FORWARDED
 from streams.app import StageContext
+from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,13 @@ def register(app: faust.App, ctx: StageContext) -> None:
     forwarder = FeedbackForwarder(ctx)
     ctx.resources["feedback_forwarder"] = forwarder
 
+    guard = SkipGuard(app, "feedback-to-onyx")
+
     @app.agent(ctx.topics.of(t.FEEDBACK), name="feedback-to-onyx")
     async def feedback_to_onyx(stream: faust.StreamT) -> None:
-        async for event in stream:
+        async for record in stream.events():
+            await guard.check(record.message)
+            event = record.value
             try:
                 await forwarder.forward(event)
             except Exception:  # never stall the partition on one event

@@ -45,6 +45,11 @@ RECONCILED = Counter(
     "Sends a crash left without a response, by outcome (confirmed by a status, resent, dlq)",
     ["outcome"],
 )
+SKIPPED_RECORDS = Counter(
+    "onyx_wa_skipped_records_total",
+    "Records the consumer skipped across a rebalance and the skip guard sought back to, by agent",
+    ["agent"],
+)
 CONVERSATIONS_EXPIRED = Counter(
     "onyx_wa_conversations_expired_total", "Idle conversations dropped from the state table"
 )

@@ -27,6 +27,7 @@ from streams.classify import classify
 from streams.config import ChatSettings, ConfigLookup
 from streams.expiry import tombstone
 from streams.replies import reply_text
+from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ConversationHandler:
         self.out: list[tuple[t.TopicSpec, bytes, dict[str, Any]]] = []
         self.forget = False  # drop this chat's state (tombstone) instead of saving it
         self.forget_user: str | None = None  # also delete this user's database rows
+        self.replay = False  # the inbound record is being reprocessed (see on_inbound)
 
     # --- helpers -----------------------------------------------------------------------------
     def emit(self, spec: t.TopicSpec, key: str, value: dict[str, Any]) -> None:
@@ -82,12 +84,27 @@ class ConversationHandler:
             self.emit(t.OUTBOUND, f"{message['tenant_id']}:{message['phone_number_id']}", record)
 
     # --- inbound messages --------------------------------------------------------------------
-    async def on_inbound(self, key: str, message: dict[str, Any], state: st.State) -> None:
+    async def on_inbound(
+        self, key: str, message: dict[str, Any], state: st.State, offset: int | None = None
+    ) -> None:
+        """``offset``: the record's offset on wa.inbound (None when rebuilding from a replay).
+
+        Why the offset: after a kill -9 the state (with this message's dedupe mark) can be on
+        the changelog while the outputs it caused are not (they went in another batch), and
+        the record is then read again. Only a different record with the same wamid is a
+        duplicate webhook; the same record again is reprocessed and its outputs re-emitted
+        (their ids are deterministic, so downstream keeps one of each).
+        """
         now = _now_ms()
         ttl = int(self.settings.dedupe_ttl_s * 1000)
-        if st.is_duplicate(state, message["message_id"], now_ms=now, ttl_ms=ttl):
+        self.replay = offset is not None and offset <= state["in_offset"]
+        if self.replay:
+            STAGE_EVENTS.labels("conversation", "reprocessed").inc()
+        elif st.is_duplicate(state, message["message_id"], now_ms=now, ttl_ms=ttl):
             DUPLICATES.labels("conversation").inc()
             return
+        if offset is not None and offset > state["in_offset"]:
+            state["in_offset"] = offset
         state["last_user_at"] = max(state["last_user_at"], _ms(message.get("sent_at")))
         bot = await self.config.bot(message["phone_number_id"])
         chat = await self.config.chat(bot, message["chat_id"], message["chat_type"] == "group")
@@ -126,7 +143,8 @@ class ConversationHandler:
         bot: Any,
     ) -> None:
         now = _now_ms()
-        if not st.within_user_quota(
+        # a reprocessed question was counted against the quotas by its first pass
+        if not self.replay and not st.within_user_quota(
             state,
             message["sender_id"],
             now_ms=now,
@@ -137,7 +155,7 @@ class ConversationHandler:
             self.local_reply(message, key, "quota_user", state["lang"])
             return
         quota = self.ctx.resources.get("quota")
-        if quota is not None:
+        if quota is not None and not self.replay:
             spent = await quota.over_limit(
                 message["tenant_id"],
                 now,
@@ -176,9 +194,17 @@ class ConversationHandler:
             "show_sources": state["sources_on"] and chat.show_sources,
             "created_at": now,
         }
-        if request["request_id"] in state["answered"] or request["request_id"] == state["pending"]:
+        if request["request_id"] in state["answered"]:
             DUPLICATES.labels("conversation").inc()
             return
+        if request["request_id"] == state["pending"]:
+            if self.replay:  # its request may never have reached the broker: send it again
+                self._send_request(key, request, state)
+            else:
+                DUPLICATES.labels("conversation").inc()
+            return
+        if self.replay and any(q["request_id"] == request["request_id"] for q in state["queue"]):
+            return  # queued by the first pass: it is sent when its turn comes
         if state["pending"]:
             if len(state["queue"]) < st.QUEUE_LIMIT:
                 state["queue"].append(request)
@@ -351,10 +377,13 @@ def register(app: faust.App, ctx: StageContext) -> None:
     counted = {o: STAGE_EVENTS.labels("conversation", o) for o in set(names.values())}
     stage_latency = STAGE_LATENCY.labels("conversation")
 
+    guard = SkipGuard(app, "conversation")
+
     @app.agent(source, name="conversation")
     async def conversation(stream: faust.StreamT) -> None:
         config: ConfigLookup = ctx.resources["config"]
         async for event in stream.events():
+            await guard.check(event.message)
             started = time.perf_counter()
             key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
             origin = names.get(event.message.topic, "inbound")
@@ -370,7 +399,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
             try:
                 value = decode(event.value)
                 if origin == "inbound":
-                    await handler.on_inbound(key, value, state)
+                    await handler.on_inbound(key, value, state, event.message.offset)
                 elif origin == "answer":
                     handler.on_answer(key, value, state)
                 elif origin == "forget":
@@ -405,6 +434,13 @@ def register(app: faust.App, ctx: StageContext) -> None:
                 )
                 STAGE_EVENTS.labels("conversation", "error").inc()
                 continue
+            # outputs first, state second: the state (with the dedupe mark) must never be on the
+            # changelog without the outputs it caused. A worker stopped between the two (a stop
+            # cancels the agent at an await) then reprocesses the event from unchanged state and
+            # emits again (ids are deterministic: downstream drops repeats) instead of taking it
+            # for a duplicate and dropping it.
+            for spec, out_key, record in handler.out:
+                await send(spec, out_key, record)
             if handler.forget:
                 tombstone(table, key, event.message.partition)
                 tenant, _, chat = key.partition(":")
@@ -416,8 +452,6 @@ def register(app: faust.App, ctx: StageContext) -> None:
             else:
                 state["updated_at"] = _now_ms()
                 table[key] = state
-            for spec, out_key, record in handler.out:
-                await send(spec, out_key, record)
             counted[origin].inc()
             stage_latency.observe(time.perf_counter() - started)
 

@@ -21,6 +21,7 @@ from onyx_wa import topics as t
 from onyx_wa.metrics import STAGE_EVENTS, STAGE_LATENCY
 from streams.app import StageContext
 from streams.normalize import chat_key, normalize_delivery, number_key
+from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def register(app: faust.App, ctx: StageContext) -> None:
     # not a crashed agent
     source = app.topic(raw_name, key_serializer="raw", value_serializer="raw")
 
+    guard = SkipGuard(app, "preprocess")
+
     @app.agent(source, name="preprocess")
     async def preprocess(stream: faust.StreamT) -> None:
         from schemas.codec import CodecError, get_codec
@@ -83,7 +86,9 @@ def register(app: faust.App, ctx: StageContext) -> None:
                     key=key, value=invalid_record("preprocess", str(exc), fragment, raw_name)
                 )
 
-        async for value in stream:
+        async for event in stream.events():
+            await guard.check(event.message)
+            value = event.value
             started = time.perf_counter()
             try:
                 raw = codec.decode(value)

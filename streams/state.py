@@ -23,6 +23,9 @@ def new_state() -> State:
         "parent_message_id": None,  # last Onyx message id in that session
         "turns": [],  # [[role, text], ...] bounded by settings.history_turns
         "seen": {},  # message_id -> received ms (dedupe)
+        # offset of the last wa.inbound record applied (a chat lives in one partition): a record
+        # at or below it is a reprocessing after a crash, not a duplicate webhook
+        "in_offset": -1,
         "bot_msgs": {},  # wamid -> request_id (maps reactions/replies to answers)
         "answered": {},  # request_id -> onyx message id (or None)
         "pending": None,  # request_id in flight (one per chat)

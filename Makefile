@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 EXTRAS ?= test,parquet,rocksdb
 
-.PHONY: demo test up bench lint clean-venv browser
+.PHONY: demo test up bench chaos lint clean-venv browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ up: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/onyx-wa bench all --json
+
+# Every chaos scenario under a steady load (about 6 minutes); a short subset runs in `make test`.
+chaos: $(STAMP)
+	$(BIN)/onyx-wa chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -481,6 +481,22 @@ def bench(
         typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command()
+@friendly
+def chaos(
+    scenario: list[str] = typer.Argument(
+        None, help="Scenarios to run (default all): kill-worker, restart-ingress, ..."
+    ),
+    short: bool = typer.Option(False, "--short", help="A lighter load (the make test profile)."),
+    as_json: bool = typer.Option(False, "--json"),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write bench/results/chaos-*.json."),
+) -> None:
+    """Run chaos scenarios under a steady load; fails unless every reply arrived exactly once."""
+    from chaos.run import main as run_chaos
+
+    raise typer.Exit(run_chaos(list(scenario or []), short=short, as_json=as_json, save=save))
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.captureWarnings(True)

@@ -172,6 +172,7 @@ class Fault:
     count: int | None = None
     retry_after: float | None = None
     paths: tuple[str, ...] = ()
+    fired: int = 0  # how many requests it hit (for tests that must prove a fault happened)
 
     def fires(self, path: str) -> bool:
         if self.paths and path not in self.paths:
@@ -182,6 +183,7 @@ class Fault:
             return False
         if self.count is not None:
             self.count -= 1
+        self.fired += 1
         return True
 
 

@@ -241,8 +241,9 @@ async def test_linked_user_asks_with_their_own_onyx_identity(pipeline):
     meta = pipeline.meta(bot)
     await meta.send_text(bot.phone_number_id, linked, "How many vacation days do I get?")
     await meta.send_text(bot.phone_number_id, unlinked, "How do I connect to the VPN?")
-    await pipeline.wait_for(linked, 2)
-    await pipeline.wait_for(unlinked, 2)
+    for user in (linked, unlinked):
+        got = await pipeline.wait_for(user, 2)
+        assert len(got) >= 2, f"{user} got {len(got)} of 2 messages in 30 s: {got}"
     sends = {
         r["body"]["message"]: r["key_sha256"]
         for r in await pipeline.onyx("GET", "/_fake/requests")

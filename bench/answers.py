@@ -376,7 +376,7 @@ async def _run(cfg: Config) -> dict[str, Any]:
     await broker.start()
     onyx_port, worker_port = free_port(), free_port()
     settings = load_settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers, data_dir=data,
+        kafka_bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu", data_dir=data,
         partitions=cfg.partitions, encryption_key=Fernet.generate_key().decode(),
         log_level="WARNING", kafka_session_timeout_s=6, sim_port=free_port(),
         worker_web_port=worker_port, ingress_host="127.0.0.1",

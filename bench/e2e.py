@@ -267,7 +267,7 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     sim = f"http://127.0.0.1:{ports['sim']}"
     onyx = f"http://127.0.0.1:{ports['onyx']}"
     settings = load_settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers, data_dir=data,
+        kafka_bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu", data_dir=data,
         partitions=cfg["partitions"], encryption_key=Fernet.generate_key().decode(),
         graph_api_url=sim, ingress_port=ports["ingress"], sim_port=ports["sim"],
         log_level="WARNING", kafka_session_timeout_s=6, tenant_flood_ceiling_per_s=1e9,

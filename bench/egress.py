@@ -66,7 +66,7 @@ async def _run(n: int, concurrency: int) -> dict[str, Any]:
     await broker.start()
     sim_port = free_port()
     settings = load_settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers, data_dir=data, partitions=4,
+        kafka_bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu", data_dir=data, partitions=4,
         encryption_key=Fernet.generate_key().decode(), graph_api_url=f"http://127.0.0.1:{sim_port}",
         send_concurrency=concurrency, log_level="WARNING", kafka_session_timeout_s=6,
         send_throttle=False,

@@ -126,6 +126,7 @@ async def _run(concurrency: list[int], seconds: float, rate: float, rounds: int)
     ingress_port, base_port = free_port(), free_port()
     settings = load_settings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
+        broker_flavor="tansu",
         data_dir=data_dir,
         ingress_port=ingress_port,
         partitions=8,

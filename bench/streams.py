@@ -442,7 +442,7 @@ async def _run(cfg: Config) -> dict[str, Any]:
     broker = EmbeddedBroker(port=free_port())
     await broker.start()
     settings = load_settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers, data_dir=data, partitions=8,
+        kafka_bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu", data_dir=data, partitions=8,
         encryption_key=Fernet.generate_key().decode(), log_level="WARNING",
         kafka_session_timeout_s=6, user_questions_per_minute=BIG,
         tenant_questions_per_minute=BIG, tenant_questions_per_day=BIG,

@@ -49,7 +49,7 @@ from onyx_wa.metrics import (
     THROTTLE_WAIT,
 )
 from schemas.codec import get_codec
-from streams.app import StageContext
+from streams.app import StageContext, table_options
 from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
@@ -655,6 +655,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
         default=None,
         partitions=settings.partitions,
         key_type=str,  # app defaults: raw keys, JSON values
+        options=table_options(settings),
     )
     sender = Sender(ctx, sent)
     sender.bind(app)

@@ -22,7 +22,7 @@ from onyx_wa.metrics import DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATE
 from schemas.codec import get_codec
 from streams import state as st
 from streams.addressing import reply_target, request_id_for
-from streams.app import StageContext
+from streams.app import StageContext, table_options
 from streams.classify import classify
 from streams.config import ChatSettings, ConfigLookup
 from streams.expiry import tombstone
@@ -343,6 +343,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
         partitions=settings.partitions,
         key_type=str,  # app defaults: raw keys, JSON values
         extra_topic_configs=changelog_topic_configs(settings),  # tombstones compacted soon
+        options=table_options(settings),
     )
     ctx.resources["conversations"] = table
     config = ctx.resources.get("config")

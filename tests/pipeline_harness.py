@@ -76,14 +76,27 @@ class Pipeline:
         from store.repo import ChatConfigRepository
 
         async with self._store_for(bot) as (sessions, bot_id):
-            return await ChatConfigRepository(sessions).add(bot_id, **fields)
+            added = await ChatConfigRepository(sessions).add(bot_id, **fields)
+        await self.config_reached_services()
+        return added
 
     async def link_user(self, bot: TestBot, user_id: str, **fields: Any) -> Any:
         """Link a WhatsApp user of ``bot`` (see ``store.repo.UserLinkRepository.upsert``)."""
         from store.repo import UserLinkRepository
 
         async with self._store_for(bot) as (sessions, bot_id):
-            return await UserLinkRepository(sessions).upsert(bot_id, user_id, **fields)
+            linked = await UserLinkRepository(sessions).upsert(bot_id, user_id, **fields)
+        await self.config_reached_services()
+        return linked
+
+    async def config_reached_services(self) -> None:
+        """Wait out the documented delay (``bot_cache_ttl_s``) before a change is in effect.
+
+        The ingress and the workers check the config version at most once per TTL. A webhook
+        sent right after a change, within the TTL of their last check, still meets the old
+        snapshot: a new bot's first message then went to the unrouted topic (a test that sent
+        one 145 ms after the last check failed in every full run)."""
+        await asyncio.sleep(self.settings.bot_cache_ttl_s * 1.5)
 
     async def onyx(self, method: str, path: str, body: Any = None) -> Any:
         """Call the fake Onyx's control API (``/_fake/...``)."""
@@ -113,6 +126,7 @@ class Pipeline:
             name=f"Bot {suffix}",
             **overrides,
         )
+        await self.config_reached_services()
         return bot
 
     def meta(self, bot: TestBot) -> Any:

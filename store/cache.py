@@ -3,7 +3,10 @@
 Why: every webhook POST needs its bot's app secret and every GET its verify token; a query per
 request would tie ingress latency to the database. The snapshot is reloaded only when the config
 version moved, which is checked with one primary-key read at most every ``ttl_s`` seconds. Unknown
-numbers are answered from the snapshot too, so junk traffic cannot reach the database.
+numbers are answered from the snapshot too; an unknown number also triggers that version check
+when the last one is more than ``miss_check_s`` (1 s) old, so a bot added a moment ago is routed
+within a second rather than a TTL (its first messages went to the unrouted topic before), while
+junk traffic costs the database at most one primary-key read per second.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ class BotDirectory:
         bots: BotRepository,
         ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        miss_check_s: float = 1.0,
     ) -> None:
         self.bots = bots
         self.ttl_s = ttl_s
+        self.miss_check_s = miss_check_s
         self._clock = clock
         self._by_pnid: dict[str, BotConfig] = {}
         self._verify_tokens: frozenset[str] = frozenset()
@@ -37,16 +42,16 @@ class BotDirectory:
         self._lock = asyncio.Lock()
         self.reloads = 0
 
-    async def refresh(self, force: bool = False) -> bool:
+    async def refresh(self, force: bool = False, *, within_s: float | None = None) -> bool:
         """Reload if the config version changed (or ``force``); True when a reload happened.
 
         If the database is down and a snapshot exists, the old snapshot keeps serving (webhooks
         must keep flowing) and the next check is retried after ``ttl_s``.
         """
-        if not force and not self._due():
+        if not force and not self._due(within_s):
             return False
         async with self._lock:
-            if not force and not self._due():  # another task refreshed while we waited
+            if not force and not self._due(within_s):  # another task refreshed meanwhile
                 return False
             self._checked_at = self._clock()
             try:
@@ -67,13 +72,18 @@ class BotDirectory:
             self.reloads += 1
             return True
 
-    def _due(self) -> bool:
-        return self._checked_at is None or self._clock() - self._checked_at >= self.ttl_s
+    def _due(self, within_s: float | None = None) -> bool:
+        limit = self.ttl_s if within_s is None else within_s
+        return self._checked_at is None or self._clock() - self._checked_at >= limit
 
     async def get(self, phone_number_id: str) -> BotConfig | None:
         """The enabled bot for this number, or None."""
         await self.refresh()
-        return self._by_pnid.get(phone_number_id)
+        bot = self._by_pnid.get(phone_number_id)
+        recheck = bot is None and self.miss_check_s < self.ttl_s  # else the TTL covers it
+        if recheck and await self.refresh(within_s=self.miss_check_s):
+            bot = self._by_pnid.get(phone_number_id)  # added since the last check
+        return bot
 
     async def verify_tokens(self) -> set[str]:
         """Verify tokens of all enabled bots (for Meta's GET subscription handshake)."""

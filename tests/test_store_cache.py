@@ -78,6 +78,31 @@ async def test_steady_state_does_no_query_and_sees_changes(store) -> None:
         counter.close()
 
 
+async def test_an_unknown_number_rechecks_the_version_at_most_once_a_second(store) -> None:
+    """A bot added a moment ago is routed within a second, not a TTL; junk numbers cost at
+    most one primary-key read per second."""
+    clock = Clock()
+    directory = BotDirectory(store.bots, ttl_s=30, clock=clock)
+    await directory.refresh(force=True)
+    new = await _bot(store, "m1")
+    counter = QueryCounter(store.engine)
+    try:
+        assert await directory.get(new.phone_number_id) is None  # checked 0 s ago: no query
+        assert counter.statements == []
+        clock.now += 1.5
+        assert await directory.get(new.phone_number_id) is not None  # one check, one reload
+        assert directory.reloads == 2
+        counter.statements.clear()
+        for _ in range(100):  # junk within the same second: no query at all
+            assert await directory.get("999") is None
+        assert counter.statements == []
+        clock.now += 1.5
+        assert await directory.get("999") is None
+        assert len(counter.statements) == 1 and "wa_config_version" in counter.statements[0]
+    finally:
+        counter.close()
+
+
 async def test_ttl_zero_checks_every_time_but_reloads_only_on_change(store) -> None:
     await _bot(store, "z1")
     directory = BotDirectory(store.bots, ttl_s=0)

@@ -389,7 +389,7 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 # the subset `make test` runs (tests/test_chaos.py): a crash and duplicate webhooks. `rebalance`
-# is left to `make chaos`: it still loses a record in about one run in ten (docs/reliability.md)
+# is left to `make chaos`: it can still lose records (docs/reliability.md)
 SHORT_SET = ("kill-worker", "triple-delivery")
 
 

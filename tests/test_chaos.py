@@ -5,8 +5,7 @@ simulator and fake Onyx in this process: a worker killed -9 mid-load and restart
 webhook delivered three times. Each must end with every question answered exactly once: lost
 0, duplicated 0. Each scenario also checks that its fault really happened (a new worker process,
 duplicates dropped), so a fault that silently failed to fire cannot pass. The `rebalance`
-scenario runs in `make chaos` only: it still loses a record in about one run in ten
-(docs/reliability.md).
+scenario runs in `make chaos` only: it can still lose records (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ from onyx_wa import topics as t
 from onyx_wa.metrics import STAGE_EVENTS, STAGE_LATENCY
 from schemas.codec import get_codec
 from streams.app import StageContext
-from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +175,9 @@ def register(app: faust.App, ctx: StageContext) -> None:
     ctx.resources["analytics_writer"] = writer
     source = ctx.topics.merged(*TOPICS)
 
-    guard = SkipGuard(app, "analytics")
-
     @app.agent(source, name="analytics")
     async def analytics(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            for event in events:
-                await guard.check(event.message)
             try:
                 await writer.handle([(e.message.topic, e.value) for e in events])
             except BaseException:

@@ -20,7 +20,6 @@ import faust
 from onyx_wa import topics as t
 from onyx_wa.metrics import FEEDBACK_FORWARDED
 from streams.app import StageContext
-from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +70,9 @@ def register(app: faust.App, ctx: StageContext) -> None:
     forwarder = FeedbackForwarder(ctx)
     ctx.resources["feedback_forwarder"] = forwarder
 
-    guard = SkipGuard(app, "feedback-to-onyx")
-
     @app.agent(ctx.topics.of(t.FEEDBACK), name="feedback-to-onyx")
     async def feedback_to_onyx(stream: faust.StreamT) -> None:
         async for record in stream.events():
-            await guard.check(record.message)
             event = record.value
             try:
                 await forwarder.forward(event)

@@ -26,7 +26,6 @@ from onyx_wa import topics as t
 from onyx_wa.metrics import ANSWER_ERRORS, ANSWER_LATENCY, STAGE_EVENTS
 from streams.addressing import outbound_id_for
 from streams.app import StageContext
-from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -207,12 +206,9 @@ def register(app: faust.App, ctx: StageContext) -> None:
         ctx.settings.answer_concurrency_per_worker, ctx.settings.answer_concurrency_per_tenant
     )
 
-    guard = SkipGuard(app, "answers")  # shared by the concurrent actors
-
     @app.agent(requests, name="answers", concurrency=concurrency)
     async def answers(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await guard.check(event.message)
             request = event.value
             key = event.key
             number_key = f"{request['tenant_id']}:{request['phone_number_id']}".encode()

@@ -287,6 +287,14 @@ class ChaosRig:
         self.sim.messages.clear()
         self.sim.statuses.clear()
 
+    def worker_log_count(self, text: str) -> int:
+        """Occurrences of ``text`` in the workers' log files (appended to across restarts)."""
+        count = 0
+        for worker in self.workers.values():
+            with contextlib.suppress(FileNotFoundError):
+                count += worker.log_path.read_text(errors="replace").count(text)
+        return count
+
     def logs(self) -> str:
         parts = [p.log_tail(1500) for p in [self.ingress, *self.workers.values()] if p]
         return "\n---\n".join(parts)

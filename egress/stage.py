@@ -50,7 +50,6 @@ from onyx_wa.metrics import (
 )
 from schemas.codec import get_codec
 from streams.app import StageContext, table_options
-from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -663,12 +662,9 @@ def register(app: faust.App, ctx: StageContext) -> None:
     results = ctx.topics.of(t.ANSWER_RESULTS)
     outbound = ctx.topics.of(t.OUTBOUND)
 
-    compose_guard = SkipGuard(app, "compose")
-
     @app.agent(results, name="compose")
     async def compose(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await compose_guard.check(event.message)
             result = event.value
             key = f"{result['tenant_id']}:{result['phone_number_id']}".encode()
             for record in answer_outbound(result, top_n=settings.sources_top_n):
@@ -678,14 +674,11 @@ def register(app: faust.App, ctx: StageContext) -> None:
     statuses = ctx.topics.of(t.STATUSES)
     outbound_results = ctx.topics.of(t.OUTBOUND_RESULTS)
 
-    statuses_guard = SkipGuard(app, "statuses")
-
     @app.agent(statuses, name="statuses")
     async def track_statuses(stream: faust.StreamT) -> None:
         """Delivery statuses close the loop. They arrive out of order and duplicated: a status
         only ever moves a message forward (a late "delivered" never overwrites "read")."""
         async for event in stream.events():
-            await statuses_guard.check(event.message)
             status = event.value
             key = f"w:{status['message_id']}"
             known = sent.get(key)
@@ -706,8 +699,6 @@ def register(app: faust.App, ctx: StageContext) -> None:
             if status["status"] == "failed":
                 SENDS.labels("failed_status", str(result["error_code"])).inc()
             STAGE_EVENTS.labels("statuses", status["status"]).inc()
-
-    sender_guard = SkipGuard(app, "sender")
 
     @app.agent(outbound, name="sender")
     async def send(stream: faust.StreamT) -> None:
@@ -743,7 +734,6 @@ def register(app: faust.App, ctx: StageContext) -> None:
                     await stream.ack(event)
 
         async for event in stream.noack().events():
-            await sender_guard.check(event.message)
             await window.acquire()
             task = asyncio.ensure_future(run(event))
             pending.add(task)

@@ -47,8 +47,14 @@ RECONCILED = Counter(
 )
 SKIPPED_RECORDS = Counter(
     "onyx_wa_skipped_records_total",
-    "Records the consumer skipped across a rebalance and the skip guard sought back to, by agent",
-    ["agent"],
+    "Records the Faust consumer skipped (a rebalance race) and read again, by topic",
+    ["topic"],
+)
+CONSUMER_LOST_RECORDS = Counter(
+    "onyx_wa_consumer_lost_records_total",
+    "Skipped records that could not be read again (deleted by retention?) and were committed"
+    " over, by topic",
+    ["topic"],
 )
 CONVERSATIONS_EXPIRED = Counter(
     "onyx_wa_conversations_expired_total", "Idle conversations dropped from the state table"

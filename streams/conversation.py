@@ -27,7 +27,6 @@ from streams.classify import classify
 from streams.config import ChatSettings, ConfigLookup
 from streams.expiry import tombstone
 from streams.replies import reply_text
-from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -378,13 +377,10 @@ def register(app: faust.App, ctx: StageContext) -> None:
     counted = {o: STAGE_EVENTS.labels("conversation", o) for o in set(names.values())}
     stage_latency = STAGE_LATENCY.labels("conversation")
 
-    guard = SkipGuard(app, "conversation")
-
     @app.agent(source, name="conversation")
     async def conversation(stream: faust.StreamT) -> None:
         config: ConfigLookup = ctx.resources["config"]
         async for event in stream.events():
-            await guard.check(event.message)
             started = time.perf_counter()
             key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
             origin = names.get(event.message.topic, "inbound")

@@ -21,7 +21,6 @@ from onyx_wa import topics as t
 from onyx_wa.metrics import STAGE_EVENTS, STAGE_LATENCY
 from streams.app import StageContext
 from streams.normalize import chat_key, normalize_delivery, number_key
-from streams.skipguard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,6 @@ def register(app: faust.App, ctx: StageContext) -> None:
     # not a crashed agent
     source = app.topic(raw_name, key_serializer="raw", value_serializer="raw")
 
-    guard = SkipGuard(app, "preprocess")
-
     @app.agent(source, name="preprocess")
     async def preprocess(stream: faust.StreamT) -> None:
         from schemas.codec import CodecError, get_codec
@@ -87,7 +84,6 @@ def register(app: faust.App, ctx: StageContext) -> None:
                 )
 
         async for event in stream.events():
-            await guard.check(event.message)
             value = event.value
             started = time.perf_counter()
             try:

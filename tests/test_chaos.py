@@ -1,10 +1,12 @@
 """The short chaos subset (``make chaos`` runs them all): a steady load, one fault each.
 
-One scenario on a rig of real processes (embedded broker, ingress, worker) with the simulator
-and fake Onyx in this process: every webhook delivered three times. It must end with every
-question answered exactly once: lost 0, duplicated 0, and it checks that duplicates were really
-dropped, so a fault that silently failed to fire cannot pass. `kill-worker` and `rebalance` run
-in `make chaos` only: both can still lose records when Faust skips offsets (docs/reliability.md).
+Three scenarios on one rig of real processes (embedded broker, ingress, worker) with the
+simulator and fake Onyx in this process: kill -9 of the worker, a second worker joining and the
+first leaving (a rebalance), and every webhook delivered three times. Each must end with every
+question answered exactly once: lost 0, duplicated 0, and each checks that its fault really
+happened (a new worker process, two workers, duplicates dropped), so a fault that silently
+failed to fire cannot pass. The first two lost records to Faust's consumer before
+``streams/offset_guard.py`` (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -537,7 +537,10 @@ async def _stream(
     state = request.app[STATE]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     response.enable_chunked_encoding()
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:  # the client gave up first (a latency fault past its timeout)
+        return response
 
     async def send(value: dict[str, Any]) -> None:
         await _write(response, (json.dumps(value) + "\n").encode("utf-8"), state.chunk_bytes)

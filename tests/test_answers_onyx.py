@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -413,6 +414,21 @@ async def test_timeouts_become_error_answers(fake_onyx: FakeFactory) -> None:
         await client.aclose()
     assert answer.error == "onyx_unavailable: timed out waiting for Onyx"
     assert answer.error_retryable
+
+
+async def test_the_fake_answers_a_client_that_gave_up_without_an_error(fake_onyx, caplog):
+    """A latency fault past the client's timeout: the fake must not log a server error when it
+    finally writes to a closed connection (it flooded the chaos output with tracebacks)."""
+    fake = await fake_onyx()
+    await fake.faults(latency_s=0.3)
+    client = fake.client(max_retries=1, total_timeout_s=0.1)
+    try:
+        answer = await client.answer("vacation?")
+    finally:
+        await client.aclose()
+    assert answer.error_retryable
+    await asyncio.sleep(0.5)  # the fake wakes up and answers the closed connection
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_unreachable_onyx_is_an_error_answer() -> None:

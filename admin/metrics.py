@@ -15,23 +15,19 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
 )
+
+from onyx_wa.prometheus_helpers import private_registry
 
 UNMATCHED = "unmatched"
 
 
 class AdminMetrics:
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            r.register(collector)
+        self.registry = r = private_registry()
         self.requests = Counter(
             "onyx_wa_admin_requests_total",
             "Admin HTTP requests by method, route pattern and status",

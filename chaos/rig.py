@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from onyx_wa.broker import EmbeddedBroker, free_port
+from onyx_wa.prometheus_helpers import sum_samples
 from onyx_wa.settings import Settings, load_settings, settings_env
 
 BIG = 1_000_000_000
@@ -259,8 +260,6 @@ class ChaosRig:
 
     async def metric(self, name: str, **labels: str) -> float:
         """A Prometheus counter summed over the running workers (each one's own registry)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
         assert self.http is not None
         total = 0.0
         for worker in self.workers.values():
@@ -268,13 +267,7 @@ class ChaosRig:
                 continue
             url = worker.health_url.replace("/readyz", "/metrics")
             async with self.http.get(url) as resp:
-                text = await resp.text()
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == name and all(
-                        sample.labels.get(k) == v for k, v in labels.items()
-                    ):
-                        total += sample.value
+                total += sum_samples(await resp.text(), name, **labels)
         return total
 
     def reset_fakes(self) -> None:

@@ -24,10 +24,6 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -37,6 +33,7 @@ from prometheus_client import (
 from egress.throttle import TokenBucket
 from ingress.publisher import PublishFailed, RawPublisher
 from ingress.signature import SignatureMismatch, SignatureMissing, verify
+from onyx_wa.prometheus_helpers import private_registry
 from onyx_wa.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,11 +48,7 @@ class BotLookup(Protocol):
 
 class IngressMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        # process_*, python_gc_*, python_info, as every other process exports them
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            r.register(collector)
+        self.registry = r = private_registry()
         self.requests = Counter(
             "onyx_wa_ingress_requests_total", "Webhook requests", ["outcome", "tenant"], registry=r
         )

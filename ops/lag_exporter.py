@@ -29,15 +29,12 @@ from collections.abc import Iterator
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from onyx_wa.prometheus_helpers import private_registry
 from onyx_wa.settings import Settings
 from ops.lag import DEFAULT_WINDOW, LagEvaluator, LagReport, collect_lag
 
@@ -117,10 +114,8 @@ class LagExporter:
         self.groups = groups
         self.evaluator = LagEvaluator(window)
         self.collector = LagCollector()
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = private_registry(auto_describe=False)
         self.registry.register(self.collector)
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            self.registry.register(collector)  # process_*, python_* like every process
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

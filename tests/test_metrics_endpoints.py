@@ -169,3 +169,19 @@ async def test_admin_metrics_count_requests_by_route_without_a_token_or_ids(admi
     values = {v for samples in families.values() for s in samples for v in s.labels.values()}
     assert not [v for v in values if phone in v or "123456" in v or "op-token" in v]
     assert phone not in text and "op-token" not in text
+
+
+def test_sum_samples_adds_the_matching_series_of_a_scrape():
+    from prometheus_client import Counter, generate_latest
+
+    from onyx_wa.prometheus_helpers import private_registry, sum_samples
+
+    registry = private_registry()
+    sends = Counter("x_sends_total", "sends", ["code"], registry=registry)
+    sends.labels("200").inc(3)
+    sends.labels("500").inc(2)
+    text = generate_latest(registry).decode()
+    assert sum_samples(text, "x_sends_total") == 5
+    assert sum_samples(text, "x_sends_total", code="500") == 2
+    assert sum_samples(text, "x_sends_total", code="404") == 0
+    assert sum_samples(text, "process_cpu_seconds_total") > 0  # the process series are there

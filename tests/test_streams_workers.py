@@ -31,6 +31,7 @@ from onyx_wa import topics as t
 from onyx_wa.bots import add_bot
 from onyx_wa.broker import free_port
 from onyx_wa.kafka import ensure_pipeline_topics, start_producer
+from onyx_wa.prometheus_helpers import sum_samples
 from onyx_wa.settings import Settings, settings_env
 from schemas.codec import get_codec
 from sim import meta
@@ -115,19 +116,9 @@ class Rig:
 
     async def metric(self, port: int, name: str, **labels: str) -> float:
         """The sum of a Prometheus counter's samples matching ``labels`` on a worker."""
-        from prometheus_client.parser import text_string_to_metric_families
-
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                text = await resp.text()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += sample.value
-        return total
+                return sum_samples(await resp.text(), name, **labels)
 
     async def produce(self, messages: list[tuple[str, str]]) -> None:
         """One raw delivery per ``(user, text)``, keyed by delivery id like the ingress does."""

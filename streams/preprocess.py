@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -54,71 +55,94 @@ def invalid_record(stage: str, reason: str, raw: bytes, source_topic: str) -> di
     }
 
 
+Send = Callable[[t.TopicSpec, bytes, dict[str, Any]], Awaitable[None]]
+SendInvalid = Callable[[bytes, dict[str, Any]], Awaitable[None]]
+
+
+class Preprocessor:
+    """One raw record in, its normalized events out; nothing in it can stop the partition.
+
+    ``send`` writes a normalized event (``ctx.topics.send``), ``send_invalid`` an InvalidEvent
+    (key, record). Kept out of the agent so that every failure path is testable on its own.
+    """
+
+    def __init__(self, send: Send, send_invalid: SendInvalid, raw_topic: str) -> None:
+        from schemas.codec import get_codec
+
+        self.send = send
+        self.send_invalid = send_invalid
+        self.raw_topic = raw_topic
+        self.codec = get_codec()
+
+    async def handle(self, value: bytes) -> str:
+        """Process one raw record; returns the outcome counted in ``stage_events``."""
+        from schemas.codec import CodecError
+
+        try:
+            raw = self.codec.decode(value)
+        except CodecError as exc:
+            await self.send_invalid(
+                b"", invalid_record("preprocess", str(exc), value, self.raw_topic)
+            )
+            return "invalid"
+        try:
+            result = normalize_delivery(
+                raw["body"],
+                delivery_id=raw["delivery_id"],
+                received_at_ms=_ms(raw["received_at"]),
+                tenant_for=tenant_map(raw),
+            )
+        except Exception as exc:  # a poison pill nobody foresaw must not stop the partition
+            log.exception("preprocess: cannot normalize delivery %s", raw["delivery_id"])
+            reason = f"cannot normalize: {exc!r}"[:500]
+            record = invalid_record("preprocess", reason, value, self.raw_topic)
+            await self.send_invalid(raw["delivery_id"].encode(), record)
+            return "invalid"
+        for message in result.messages:
+            key = chat_key(message["tenant_id"], message["chat_id"]).encode()
+            await self._send_or_park(t.INBOUND, key, message)
+        for status in result.statuses:
+            key = number_key(status["tenant_id"], status["phone_number_id"]).encode()
+            await self._send_or_park(t.STATUSES, key, status)
+        for bad in result.invalid:
+            bad.setdefault("source_topic", self.raw_topic)
+            await self.send_invalid(raw["delivery_id"].encode(), bad)
+        return "ok"
+
+    async def _send_or_park(self, spec: t.TopicSpec, key: bytes, record: dict[str, Any]) -> None:
+        """Send one normalized event; one Avro cannot carry goes to invalid, not a crash."""
+        from schemas.codec import CodecError
+
+        try:
+            await self.send(spec, key, record)
+        except CodecError as exc:
+            fragment = json.dumps(record, default=str, ensure_ascii=True).encode()
+            await self.send_invalid(
+                key, invalid_record("preprocess", str(exc), fragment, self.raw_topic)
+            )
+
+
 def register(app: faust.App, ctx: StageContext) -> None:
     ctx.topics.of(t.RAW)  # declare it (typed) for tools that list the app's topics
     ctx.topics.of(t.INBOUND)  # declared for tools; sent through ctx.topics.send
     ctx.topics.of(t.STATUSES)
     invalid = ctx.topics.of(t.INVALID)
     raw_name = ctx.topics.name(t.RAW)
-    send = ctx.topics.send
-    stage_ok = STAGE_EVENTS.labels("preprocess", "ok")
     stage_latency = STAGE_LATENCY.labels("preprocess")
+    outcomes = {
+        outcome: STAGE_EVENTS.labels("preprocess", outcome) for outcome in ("ok", "invalid")
+    }
     # read raw bytes and decode ourselves: a corrupt record must become an InvalidEvent,
     # not a crashed agent
     source = app.topic(raw_name, key_serializer="raw", value_serializer="raw")
 
+    async def send_invalid(key: bytes, record: dict[str, Any]) -> None:
+        await invalid.send(key=key, value=record)
+
     @app.agent(source, name="preprocess")
     async def preprocess(stream: faust.StreamT) -> None:
-        from schemas.codec import CodecError, get_codec
-
-        codec = get_codec()
-
-        async def _send_or_park(kind: str, key: bytes, record: dict[str, Any]) -> None:
-            """Send one normalized event; one Avro cannot carry goes to invalid, not a crash."""
-            try:
-                await send(kind, key, record)
-            except CodecError as exc:
-                fragment = json.dumps(record, default=str, ensure_ascii=True).encode()
-                await invalid.send(
-                    key=key, value=invalid_record("preprocess", str(exc), fragment, raw_name)
-                )
-
+        preprocessor = Preprocessor(ctx.topics.send, send_invalid, raw_name)
         async for event in stream.events():
-            value = event.value
             started = time.perf_counter()
-            try:
-                raw = codec.decode(value)
-            except CodecError as exc:
-                await invalid.send(
-                    key=b"", value=invalid_record("preprocess", str(exc), value, raw_name)
-                )
-                STAGE_EVENTS.labels("preprocess", "invalid").inc()
-                continue
-            try:
-                result = normalize_delivery(
-                    raw["body"],
-                    delivery_id=raw["delivery_id"],
-                    received_at_ms=_ms(raw["received_at"]),
-                    tenant_for=tenant_map(raw),
-                )
-            except Exception as exc:  # a poison pill must not stop the partition
-                log.exception("preprocess: cannot normalize delivery %s", raw["delivery_id"])
-                await invalid.send(
-                    key=raw["delivery_id"].encode(),
-                    value=invalid_record(
-                        "preprocess", f"cannot normalize: {exc!r}"[:500], value, raw_name
-                    ),
-                )
-                STAGE_EVENTS.labels("preprocess", "invalid").inc()
-                continue
-            for message in result.messages:
-                key = chat_key(message["tenant_id"], message["chat_id"]).encode()
-                await _send_or_park(t.INBOUND, key, message)
-            for status in result.statuses:
-                key = number_key(status["tenant_id"], status["phone_number_id"]).encode()
-                await _send_or_park(t.STATUSES, key, status)
-            for bad in result.invalid:
-                bad.setdefault("source_topic", raw_name)
-                await invalid.send(key=raw["delivery_id"].encode(), value=bad)
-            stage_ok.inc()
+            outcomes[await preprocessor.handle(event.value)].inc()
             stage_latency.observe(time.perf_counter() - started)

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import get_codec
+from schemas.codec import CodecError, get_codec
 from sim import meta
 from streams.classify import ChatRule, classify
 from streams.commands import parse_command
 from streams.normalize import normalize_delivery
+from streams.preprocess import Preprocessor
 from streams.replies import keys, reply_text
 
 PNID = "106540352242922"
@@ -162,6 +163,84 @@ def test_lone_surrogates_are_replaced_so_every_event_still_encodes():
     assert record["text"] == "a?b \U0001f600"
     assert record["sender_name"] == "?Ana"
     get_codec().encode("InboundMessage", record)
+
+
+class Collected:
+    """The stage's two outlets, encoding what they get as the real topics would."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.sent: list[tuple[str, bytes, dict]] = []
+        self.invalid: list[tuple[bytes, dict]] = []
+        self.fail_on = fail_on
+
+    async def send(self, spec, key: bytes, record: dict) -> None:
+        if spec.schema == self.fail_on:
+            raise CodecError(f"cannot encode {spec.schema}: (injected)")
+        get_codec().encode(spec.schema, record)
+        self.sent.append((spec.name, key, record))
+
+    async def send_invalid(self, key: bytes, record: dict) -> None:
+        get_codec().encode("InvalidEvent", record)
+        self.invalid.append((key, record))
+
+
+def raw_delivery(body: bytes, delivery_id: str = "d-1") -> bytes:
+    return get_codec().encode(
+        "RawWebhook",
+        {"delivery_id": delivery_id, "received_at": 1732500000000, "body": body,
+         "headers": {}, "tenant_ids": ["acme"], "phone_number_ids": [PNID], "routed": True},
+    )  # fmt: skip
+
+
+def question_body() -> bytes:
+    return json.dumps(meta.notification(PNID, messages=[base("text", {"body": "hi?"})])).encode()
+
+
+async def test_preprocess_sends_each_normalized_event():
+    out = Collected()
+    outcome = await Preprocessor(out.send, out.send_invalid, "raw").handle(
+        raw_delivery(question_body())
+    )
+    assert outcome == "ok" and [name for name, _, _ in out.sent] == ["wa.inbound"]
+    assert out.invalid == []
+
+
+async def test_preprocess_parks_bytes_that_are_not_a_raw_record():
+    out = Collected()
+    assert await Preprocessor(out.send, out.send_invalid, "raw").handle(b"\x00garbage") == "invalid"
+    [(key, record)] = out.invalid
+    assert key == b"" and record["raw"] == b"\x00garbage" and record["source_topic"] == "raw"
+
+
+async def test_preprocess_parks_a_delivery_that_normalization_cannot_handle(monkeypatch):
+    """The catch-all: a failure nobody foresaw goes to wa.invalid with the raw record, keyed by
+    its delivery id, and the stage goes on (the next record is processed)."""
+    import streams.preprocess as stage
+
+    def explode(*args, **kwargs):
+        raise KeyError("surprise")
+
+    out = Collected()
+    preprocessor = Preprocessor(out.send, out.send_invalid, "raw")
+    value = raw_delivery(question_body(), "d-poison")
+    with monkeypatch.context() as patch:
+        patch.setattr(stage, "normalize_delivery", explode)
+        assert await preprocessor.handle(value) == "invalid"
+    [(key, record)] = out.invalid
+    assert key == b"d-poison" and record["raw"] == value
+    assert record["reason"] == "cannot normalize: KeyError('surprise')"
+    assert await preprocessor.handle(raw_delivery(question_body(), "d-next")) == "ok"
+
+
+async def test_preprocess_parks_an_event_avro_cannot_carry():
+    out = Collected(fail_on="InboundMessage")
+    outcome = await Preprocessor(out.send, out.send_invalid, "raw").handle(
+        raw_delivery(question_body())
+    )
+    assert outcome == "ok" and out.sent == []
+    [(key, record)] = out.invalid
+    assert key.startswith(b"acme:") and "injected" in record["reason"]
+    assert json.loads(record["raw"])["text"] == "hi?"  # the normalized event, as JSON
 
 
 def test_one_bad_message_does_not_lose_the_good_ones():

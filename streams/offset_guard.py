@@ -50,6 +50,8 @@ from onyx_wa.metrics import CONSUMER_LOST_RECORDS, SKIPPED_RECORDS
 log = logging.getLogger(__name__)
 
 PIN_TIMEOUT_S = 60.0
+SEEK_ATTEMPTS = 5
+SEEK_RETRY_S = 1.0
 
 
 class ReadOffsets(defaultdict):
@@ -161,10 +163,20 @@ class GuardedConsumer(AIOKafkaConsumer):
         task.add_done_callback(self._seeks.discard)
 
     async def _seek_back(self, tp: TP, offset: int) -> None:
-        try:
-            await self._seek(tp, offset)
-        except Exception as exc:  # revoked meanwhile: its next owner starts at the commit
-            log.warning("could not seek %s[%d] back to %d: %r", tp.topic, tp.partition, offset, exc)
+        """Seek, retrying while the partition still waits for ``offset`` (a failed seek would
+        otherwise leave the pin to time out and the hole to be committed over)."""
+        for attempt in range(SEEK_ATTEMPTS):
+            if self._read_offset.pinned(tp) != offset:
+                return  # refilled, revoked or sought elsewhere meanwhile
+            try:
+                await self._seek(tp, offset)
+                return
+            except Exception as exc:
+                log.warning(
+                    "could not seek %s[%d] back to %d (attempt %d): %r",
+                    tp.topic, tp.partition, offset, attempt + 1, exc,
+                )  # fmt: skip
+                await asyncio.sleep(SEEK_RETRY_S)
 
     def _on_lost(self, tp: TP, missing: int, delivered: int) -> None:
         """The hole's records never came back: commit over it rather than stall the partition."""

@@ -88,6 +88,24 @@ async def test_redeliveries_and_the_first_record_of_an_assignment_are_not_skips(
     assert seeks == []
 
 
+async def test_a_failed_seek_back_is_retried_while_the_partition_waits(guarded, monkeypatch):
+    consumer, seeks, _ = guarded
+    monkeypatch.setattr(offset_guard, "SEEK_RETRY_S", 0.0)
+    failures = [RuntimeError("broker busy"), RuntimeError("broker busy")]
+
+    async def flaky_seek(tp: TP, offset: int) -> None:
+        if failures:
+            raise failures.pop()
+        seeks.append((tp, offset))
+
+    monkeypatch.setattr(consumer, "_seek", flaky_seek)
+    consumer._read_offset.update({P0: 10})
+    await deliver(consumer, P0, 10, 15)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert seeks == [(P0, 11)]
+
+
 async def test_a_seek_or_a_revocation_clears_the_pin(guarded):
     consumer, seeks, _ = guarded
     consumer._read_offset.update({P0: 10})

@@ -75,11 +75,16 @@ class ReadOffsets(defaultdict):
         self._on_lost = on_lost
         self._clock = clock
         self._next: dict[TP, int] = {}
+        self._first: dict[TP, int] = {}  # first offset delivered since the last seek
         self._pins: dict[TP, tuple[int, float]] = {}  # first missing offset, since when
 
     def expected(self, tp: TP) -> int | None:
         """The offset that must be delivered next on ``tp`` (None: not known yet)."""
         return self._next.get(tp)
+
+    def first_delivered(self, tp: TP) -> int | None:
+        """The first offset delivered on ``tp`` since it was last sought (None: none yet)."""
+        return self._first.get(tp)
 
     def pinned(self, tp: TP) -> int | None:
         """The first missing offset ``tp`` waits for after a skip, if any."""
@@ -110,6 +115,7 @@ class ReadOffsets(defaultdict):
                 return
         super().__setitem__(tp, offset)
         self._next[tp] = offset + 1
+        self._first.setdefault(tp, offset)
 
     def rewind(self, tp: TP, offset: int | None) -> None:
         """The partition was sought to ``offset``: that is the next record to read."""
@@ -135,6 +141,7 @@ class ReadOffsets(defaultdict):
     def _forget(self, tp: TP) -> None:
         self._next.pop(tp, None)
         self._pins.pop(tp, None)
+        self._first.pop(tp, None)
 
 
 class GuardedConsumer(AIOKafkaConsumer):
@@ -200,6 +207,8 @@ class GuardedConsumer(AIOKafkaConsumer):
     def _new_offset(self, tp: TP) -> int | None:
         if self._is_guarded(tp):
             committed = self._committed_offset[tp]
+            if committed is None:  # a new group: nothing committed yet, so the first record
+                committed = self._read_offset.first_delivered(tp)  # read is the floor
             acked = self._acked[tp]
             if committed is not None and acked:
                 gap = self._gap[tp]

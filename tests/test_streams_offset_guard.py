@@ -152,6 +152,18 @@ def test_a_commit_waits_for_the_committed_record_itself(guarded):
     assert consumer._new_offset(P0) == 61
 
 
+async def test_a_new_group_commits_from_the_first_record_it_read(guarded):
+    """Nothing committed yet (a new group reading from the earliest offset): record 0, still in
+    flight in one actor, must hold back a commit of 1-2 finished by others."""
+    consumer, _, _ = guarded
+    consumer._read_offset.update({P0: None})
+    await deliver(consumer, P0, 0, 1, 2)
+    consumer._acked[P0].extend([1, 2])
+    assert consumer._new_offset(P0) is None
+    consumer._acked[P0].append(0)
+    assert consumer._new_offset(P0) == 3
+
+
 async def test_drain_loop_gaps_are_never_committable_on_pipeline_topics(guarded):
     consumer, _, _ = guarded
     consumer._committed_offset[P0] = 10

@@ -27,6 +27,7 @@ from streams.classify import classify
 from streams.config import ChatSettings, ConfigLookup
 from streams.expiry import tombstone
 from streams.replies import reply_text
+from streams.table_writes import TableWriter
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +374,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
         )
 
     send = ctx.topics.send
+    state_writer = TableWriter(app, table, track_offsets=settings.store == "rocksdb")
     decode = get_codec().decode  # the source is read raw: a corrupt record is an invalid event
     counted = {o: STAGE_EVENTS.labels("conversation", o) for o in set(names.values())}
     stage_latency = STAGE_LATENCY.labels("conversation")
@@ -448,7 +450,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
                 )
             else:
                 state["updated_at"] = _now_ms()
-                table[key] = state
+                await state_writer.set(key, state, event.message.partition)
             counted[origin].inc()
             stage_latency.observe(time.perf_counter() - started)
 

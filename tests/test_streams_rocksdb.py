@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from faust.types import TP
 
 from streams.app import ROCKSDB_TABLE_OPTIONS
 from tests.pipeline_harness import start_pipeline, stop_pipeline
@@ -36,8 +37,17 @@ async def test_a_rocksdb_worker_answers_and_keeps_state_on_disk(kafka_target, tm
             options = table.data.rocksdb_options
             assert options.write_buffer_size == ROCKSDB_TABLE_OPTIONS["write_buffer_size"]
             assert options.block_cache_size == ROCKSDB_TABLE_OPTIONS["block_cache_size"]
-        state = pipeline.worker.app.tables["conversations"].get(f"{bot.tenant_id}:{user}")
+        conversations = pipeline.worker.app.tables["conversations"]
+        state = conversations.get(f"{bot.tenant_id}:{user}")
         assert state is not None and wamid in state["seen"]
+        # the state is written through streams.table_writes: RocksDB must still learn the
+        # changelog offset it holds (recovery after a restart starts from there)
+        changelog = conversations.changelog_topic.get_topic_name()
+        persisted = [
+            conversations.data.persisted_offset(TP(changelog, p))
+            for p in range(conversations.partitions)
+        ]
+        assert any(offset is not None and offset >= 0 for offset in persisted), persisted
         assert any((tmp_path / "faust").rglob("*.sst")) or any((tmp_path / "faust").rglob("LOG"))
     finally:
         await stop_pipeline(pipeline)

@@ -24,9 +24,11 @@ async def test_bucket_holds_the_rate_and_overshoot_does_not_accumulate():
     """Never faster than the rate (Meta's limit), and sleep overshoot does not accumulate:
     each caller sleeps to an absolute slot, so lateness stays small and flat over the run.
 
-    Measured per call (completion time minus its slot) rather than as one overall rate, so a
-    single scheduler hiccup on a busy CI machine cannot fail it, while a refill loop whose
-    lateness grows with every token (~20% slow at 400/s here) still does."""
+    Measured per call (completion time minus its slot) and judged by medians, so one stall of
+    the event loop on a busy CI machine cannot fail it (a clean-clone run once saw the first
+    quarter's median at 104 ms: a ~0.35 s stall, which delays ~140 consecutive slots), while a
+    refill loop whose lateness grows with every token (~20% slow at 400/s here, so ~0.3 s late
+    by the second half) still does."""
     bucket = TokenBucket(rate=400, burst=1)
     started = time.monotonic()
 
@@ -36,9 +38,9 @@ async def test_bucket_holds_the_rate_and_overshoot_does_not_accumulate():
 
     lateness = await asyncio.gather(*(one(i) for i in range(801)))
     assert min(lateness) > -0.005  # never early (slack: the start stamp precedes the reserve)
-    first, last = sorted(lateness[:200]), sorted(lateness[-200:])
-    assert first[100] < 0.02 and last[100] < 0.02, (first[100], last[100])
-    assert last[100] - first[100] < 0.01  # flat: no drift from the first quarter to the last
+    overall, second_half = sorted(lateness), sorted(lateness[400:])
+    assert overall[400] < 0.02, overall[400]  # the typical call is on time
+    assert second_half[200] < 0.02, second_half[200]  # and still is at the end: no drift
 
 
 async def test_burst_is_served_at_once_then_paced():

@@ -29,6 +29,7 @@ from onyx_wa import topics as t
 from onyx_wa.bots import add_bot
 from onyx_wa.broker import free_port
 from onyx_wa.kafka import ensure_pipeline_topics, start_producer
+from onyx_wa.prometheus_helpers import sum_samples
 from onyx_wa.settings import settings_env
 from schemas.codec import get_codec
 from sim.spec import load_validator
@@ -53,16 +54,9 @@ def spawn_worker(
 
 async def _metric(port: int, name: str, **labels: str) -> float:
     import aiohttp
-    from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
-        text = await r.text()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
+        return sum_samples(await r.text(), name, **labels)
 
 
 async def test_kill_9_mid_send_reconciles_from_statuses_exactly_once(kafka, tmp_path):

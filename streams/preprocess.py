@@ -20,6 +20,7 @@ import faust
 
 from onyx_wa import topics as t
 from onyx_wa.metrics import STAGE_EVENTS, STAGE_LATENCY
+from schemas.codec import CodecError, get_codec
 from streams.app import StageContext
 from streams.normalize import chat_key, normalize_delivery, number_key
 
@@ -67,8 +68,6 @@ class Preprocessor:
     """
 
     def __init__(self, send: Send, send_invalid: SendInvalid, raw_topic: str) -> None:
-        from schemas.codec import get_codec
-
         self.send = send
         self.send_invalid = send_invalid
         self.raw_topic = raw_topic
@@ -76,8 +75,6 @@ class Preprocessor:
 
     async def handle(self, value: bytes) -> str:
         """Process one raw record; returns the outcome counted in ``stage_events``."""
-        from schemas.codec import CodecError
-
         try:
             raw = self.codec.decode(value)
         except CodecError as exc:
@@ -111,8 +108,6 @@ class Preprocessor:
 
     async def _send_or_park(self, spec: t.TopicSpec, key: bytes, record: dict[str, Any]) -> None:
         """Send one normalized event; one Avro cannot carry goes to invalid, not a crash."""
-        from schemas.codec import CodecError
-
         try:
             await self.send(spec, key, record)
         except CodecError as exc:

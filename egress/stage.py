@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError, ProducerClosed
 from faust.exceptions import NotReady
 from faust.types import TP
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # unacked messages in flight per sender, as a multiple of the HTTP concurrency (see ``send``)
 SEND_WINDOW_FACTOR = 4
+# tries of a message whose Kafka records failed, before it is left for redelivery
+KAFKA_WRITE_ATTEMPTS = 4
 
 
 # states of a ``sent`` entry that a crash can leave behind without the send's response
@@ -109,6 +112,14 @@ def outbound_result(
 
 
 _SENT = SENDS.labels("sent", "0")
+
+
+class LeftForRedelivery(Exception):
+    """The message is left unacknowledged: its partition's next owner handles it.
+
+    Raised where acknowledging would lose the message (this worker lost the partition in the
+    middle of reconciling it) or where a Kafka record it wrote was not acknowledged.
+    """
 
 
 class RecordBatches:
@@ -180,8 +191,8 @@ class RecordBatches:
     def _delivered(self, fut: asyncio.Future[Any], count: int, delivered: asyncio.Future) -> None:
         if fut.done():
             return
-        if delivered.cancelled():
-            fut.cancel()
+        if delivered.cancelled():  # aiokafka drops a batch it cannot deliver (it is stopping)
+            fut.set_exception(KafkaError("record batch cancelled by the producer"))
         elif (exc := delivered.exception()) is not None:
             fut.set_exception(exc)
         else:
@@ -197,7 +208,8 @@ class RecordBatches:
         pending = [*self._open.values()] + [slot for q in self._full.values() for slot in q]
         for _, fut in pending:
             if not fut.done():
-                fut.cancel()
+                # a KafkaError, not a cancellation: the waiter must know its record is unwritten
+                fut.set_exception(ProducerClosed())
         self._writers.clear()
         self._wake.clear()
         self._open.clear()
@@ -246,6 +258,8 @@ class Sender:
         self._batches: RecordBatches | None = None
         self._codec = get_codec()
         self._changelog: str | None = None
+        self._outbound_topic: str | None = None
+        self._retired: set[asyncio.Future[None]] = set()  # old batches closing (see batches())
         # only RocksDB keeps a persisted offset (the memory store's is a no-op)
         self._track_offsets = ctx.settings.store == "rocksdb"
         self._topic_names = {
@@ -269,6 +283,12 @@ class Sender:
             return None
         producer = self.app.producer._ensure_producer()  # the aiokafka producer
         if self._batches is None or self._batches._producer is not producer:
+            if self._batches is not None:
+                # the app's producer was replaced: records still waiting in the old batches
+                # fail (their messages are left for redelivery) instead of waiting forever
+                closing = asyncio.ensure_future(self._batches.aclose())
+                self._retired.add(closing)
+                closing.add_done_callback(self._retired.discard)
             self._batches = RecordBatches(
                 producer, self._persisted if self._track_offsets else None
             )
@@ -402,6 +422,28 @@ class Sender:
         for fut in acks:
             await fut
 
+    async def handle_durably(self, message: dict[str, Any], partition: int | None) -> None:
+        """:meth:`handle`, retried while a Kafka record it wrote is not acknowledged.
+
+        A failed record is not a bad message: acknowledging the message would lose it (a failed
+        "sending" mark comes before the Graph call). The retry is safe: the local view already
+        holds the mark, so the retry reconciles before it sends. Past the attempts, or once the
+        partition is gone, the message is left for redelivery.
+        """
+        for attempt in range(1, KAFKA_WRITE_ATTEMPTS + 1):
+            try:
+                await self.handle(message, partition)
+                return
+            except KafkaError as exc:
+                stopping = self.app is not None and self.app.should_stop
+                if attempt == KAFKA_WRITE_ATTEMPTS or stopping or not self.owns(partition):
+                    raise LeftForRedelivery(
+                        f"{message['outbound_id']}: Kafka write failed {attempt} times ({exc!r})"
+                    ) from exc
+                log.warning("%s: Kafka write failed (%r), retrying",
+                            message["outbound_id"], exc)  # fmt: skip
+                await asyncio.sleep(min(30.0, 2.0**attempt))
+
     async def _handle(
         self, message: dict[str, Any], partition: int | None, acks: list[Any]
     ) -> None:
@@ -470,16 +512,34 @@ class Sender:
         deadline = time.monotonic() + self.settings.send_reconcile_s
         view = self._view()
         while time.monotonic() < deadline:
-            current = view.get(outbound_id) or {}
-            if current.get("state") not in UNCERTAIN_STATES:
-                log.info("uncertain send %s confirmed by its status", outbound_id)
+            current = view.get(outbound_id)
+            # Only an entry that moved on is a confirmation. A *missing* entry is not: Faust's
+            # memory store drops the keys of partitions a rebalance took away from this
+            # worker, and reading that as "confirmed" acked the message unsent.
+            if current is not None and current.get("state") not in UNCERTAIN_STATES:
+                log.info("uncertain send %s confirmed by its status (%s)",
+                         outbound_id, current.get("state"))  # fmt: skip
                 RECONCILED.labels("confirmed").inc()
                 return False
+            if current is None and not self.owns(partition):
+                raise LeftForRedelivery(f"uncertain send {outbound_id}: partition reassigned")
             await asyncio.sleep(0.2)
+        if not self.owns(partition):
+            # the partition's new owner has recovered the "reconciling" mark and reconciles it
+            # itself; resending here as well could deliver the message twice
+            raise LeftForRedelivery(f"uncertain send {outbound_id}: partition reassigned")
         log.warning("uncertain send %s: no status in %.0f s, sending again",
                     outbound_id, self.settings.send_reconcile_s)  # fmt: skip
         RECONCILED.labels("resent").inc()
         return True
+
+    def owns(self, partition: int | None) -> bool:
+        """Whether this worker is still assigned ``partition`` of the outbound topic."""
+        if self.app is None or partition is None:
+            return True
+        if self._outbound_topic is None:
+            self._outbound_topic = self.ctx.topics.name(t.OUTBOUND)
+        return TP(self._outbound_topic, partition) in self.app.consumer.assignment()
 
     async def confirm(self, status: dict[str, Any], partition: int | None) -> dict[str, Any] | None:
         """A status naming an uncertain send (by its callback data): record the send.
@@ -714,9 +774,12 @@ def register(app: faust.App, ctx: StageContext) -> None:
 
         async def run(event: Any) -> None:
             message = event.value
-            ack = True
+            ack = False
             try:
-                await sender.handle(message, event.message.partition)
+                await sender.handle_durably(message, event.message.partition)
+                ack = True
+            except LeftForRedelivery as exc:
+                log.warning("%s: left for redelivery", exc)
             except Exception as exc:
                 # while the worker stops (a rebalance or SIGTERM), the producer goes away under
                 # in-flight sends: leave those unacked so the partition's next owner redelivers

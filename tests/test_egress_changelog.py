@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+from aiokafka.errors import KafkaError
 from cryptography.fernet import Fernet
 
 from egress.stage import RecordBatches, _json_bytes
@@ -77,7 +78,10 @@ class FakeProducer:
         self.in_flight[tp] = acked
         out = asyncio.get_running_loop().create_future()
 
-        def ack(_):
+        def ack(acked: asyncio.Future) -> None:
+            if acked.cancelled():  # the producer dropped the batch
+                out.cancel()
+                return
             log = self.log.setdefault(tp, [])
             base = len(log)
             log.extend(builder.records)
@@ -141,4 +145,33 @@ async def test_a_failed_submit_fails_its_waiters_and_the_writer_goes_on() -> Non
     await _settle(producer)
     await asyncio.wait_for(ok, 1)
     assert producer.log[("cl", 0)] == [(b"b", b"v")]
+    await batches.aclose()
+
+
+async def test_closing_fails_unwritten_records_with_a_kafka_error() -> None:
+    """A record still waiting when the batches close (the app's producer was replaced, or the
+    worker stops) fails with a KafkaError: its message is retried or left for redelivery. A
+    cancellation here was caught nowhere and let the message be acknowledged unwritten."""
+    producer = FakeProducer()
+    batches = RecordBatches(producer)
+    in_flight = batches.append("cl", 0, b"a", b"v")
+    await asyncio.sleep(0)  # submitted, never acknowledged
+    queued = batches.append("cl", 0, b"b", b"v")  # still in the open batch
+    await batches.aclose()
+    with pytest.raises(KafkaError):
+        await asyncio.wait_for(queued, 1)
+    producer.ack_all()  # the batch already on the wire is written, and its waiter told so
+    await asyncio.wait_for(in_flight, 1)
+    assert producer.log[("cl", 0)] == [(b"a", b"v")]
+
+
+async def test_a_batch_the_producer_drops_fails_its_waiters_with_a_kafka_error() -> None:
+    producer = FakeProducer()
+    batches = RecordBatches(producer)
+    waiter = batches.append("cl", 0, b"a", b"v")
+    await asyncio.sleep(0)
+    [delivery] = producer.in_flight.values()
+    delivery.cancel()  # aiokafka cancels the batches it drops while it stops
+    with pytest.raises(KafkaError):
+        await asyncio.wait_for(waiter, 1)
     await batches.aclose()

@@ -81,7 +81,7 @@ async def test_kill_9_mid_send_reconciles_from_statuses_exactly_once(kafka, tmp_
     settings = kafka.settings(
         data_dir=tmp_path, encryption_key=Fernet.generate_key().decode(),
         graph_api_url=f"http://127.0.0.1:{sim_port}", worker_web_port=web_port,
-        log_level="WARNING", send_reconcile_s=6.0, ingress_port=ingress_port,
+        log_level="INFO", send_reconcile_s=6.0, ingress_port=ingress_port,
     )  # fmt: skip
     await ensure_pipeline_topics(settings)
     await asyncio.to_thread(upgrade, settings.sqlalchemy_url)

@@ -194,3 +194,105 @@ async def test_dlq_replay_resends_once_even_when_run_twice(pipeline, sim):
     assert first.replayed == second.replayed == 1 and first.by_code == {"131047": 1}
     got = await pipeline.wait_for("15557770009", 1, settle_s=2.0)
     assert [m["body"] for m in got] == ["second chance"]
+
+
+# --- uncertain sends and unwritten records: never acknowledged unsent -------------------------
+
+
+def _sender_and_partition(pipeline):
+    sender = pipeline.worker.ctx.resources["sender"]
+    outbound_topic = pipeline.worker.ctx.topics.name(t.OUTBOUND)
+    owned = sorted(
+        tp.partition for tp in sender.app.consumer.assignment() if tp.topic == outbound_topic
+    )
+    assert owned, "the pipeline's worker owns no outbound partition"
+    return sender, owned[0]
+
+
+async def _uncertain(pipeline, to: str, monkeypatch, reconcile_s: float = 1.0):
+    sender, partition = _sender_and_partition(pipeline)
+    monkeypatch.setattr(sender.settings, "send_reconcile_s", reconcile_s)
+    bot = await pipeline.add_bot()
+    record = outbound(bot, to, "uncertain")
+    previous = {"state": "sending", "chat": to, "at": 0}
+    sender.sent.data[record["outbound_id"]] = previous  # as recovered after a crash
+    return sender, partition, record, previous
+
+
+def test_owns_follows_the_real_assignment(pipeline):
+    sender, partition = _sender_and_partition(pipeline)
+    assert sender.owns(partition)
+    assert not sender.owns(pipeline.settings.partitions + 7)
+
+
+async def test_a_vanished_uncertain_entry_is_not_taken_for_a_confirmation(pipeline, monkeypatch):
+    """Faust's memory store drops recovered keys of partitions a rebalance moved away. Read as
+    "the status came", that acked an unsent reply (a kill -9 test lost one in 60 that way)."""
+    sender, partition, record, previous = await _uncertain(pipeline, "15557770011", monkeypatch)
+    task = asyncio.ensure_future(sender._reconcile(record, previous, partition, []))
+    await asyncio.sleep(0.3)
+    del sender.sent.data[record["outbound_id"]]
+    assert await asyncio.wait_for(task, 10) is True  # still this worker's: no status, resend
+
+
+async def test_an_uncertain_send_whose_partition_moved_is_left_to_its_new_owner(
+    pipeline, monkeypatch
+):
+    from egress.stage import LeftForRedelivery
+
+    sender, partition, record, previous = await _uncertain(pipeline, "15557770012", monkeypatch)
+    task = asyncio.ensure_future(sender._reconcile(record, previous, partition, []))
+    await asyncio.sleep(0.3)
+    outbound_topic = pipeline.worker.ctx.topics.name(t.OUTBOUND)
+    real = sender.app.consumer.assignment
+    monkeypatch.setattr(
+        sender.app.consumer,
+        "assignment",
+        lambda: {tp for tp in real() if (tp.topic, tp.partition) != (outbound_topic, partition)},
+    )
+    # the entry is still "reconciling" here: the new owner recovered that mark and reconciles
+    # it itself, so resending too could deliver twice
+    with pytest.raises(LeftForRedelivery):
+        await asyncio.wait_for(task, 10)
+    # and with the entry gone (Faust dropped the moved partition's keys) it is no confirmation
+    sender.sent.data[record["outbound_id"]] = previous
+    task = asyncio.ensure_future(sender._reconcile(record, previous, partition, []))
+    await asyncio.sleep(0.3)
+    del sender.sent.data[record["outbound_id"]]
+    with pytest.raises(LeftForRedelivery):
+        await asyncio.wait_for(task, 10)
+
+
+async def test_an_unacknowledged_sending_mark_is_retried_and_the_reply_sent_once(
+    pipeline, sim, monkeypatch
+):
+    """The broker fails the "sending" mark (before the Graph call). Acknowledging the message
+    then, as any other exception was, lost the reply; now it is retried: the mark is in the
+    local view, so the retry reconciles (no status names it) and sends it, once."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    from egress.stage import RecordBatches
+
+    sender, _ = _sender_and_partition(pipeline)
+    monkeypatch.setattr(sender.settings, "send_reconcile_s", 1.0)
+    bot = await pipeline.add_bot()
+    record = outbound(bot, "15557770013", "despite the broker")
+    key = json.dumps(record["outbound_id"]).encode()
+    real_append = RecordBatches.append
+    failed: list[bytes] = []
+
+    def append(self, topic, partition, k, value):
+        if k == key and b'"sending"' in value and not failed:
+            failed.append(value)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(KafkaTimeoutError())
+            return fut
+        return real_append(self, topic, partition, k, value)
+
+    monkeypatch.setattr(RecordBatches, "append", append)
+    await produce(pipeline, [record])
+    got = await pipeline.wait_for("15557770013", 1, timeout_s=30, settle_s=2.0)
+    assert failed, "the fault was never injected"
+    assert [m["body"] for m in got] == ["despite the broker"]
+    [result] = await wait_results(pipeline, t.OUTBOUND_RESULTS, record["request_id"], 1)
+    assert result["status"] == "sent"

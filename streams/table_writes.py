@@ -44,8 +44,11 @@ class TableWriter:
             delivery.add_done_callback(self._persisted)
 
     def _persisted(self, delivery: Any) -> None:
-        if delivery.cancelled() or delivery.exception() is not None:
-            log.error("state changelog record failed: %r", delivery.exception())
+        if delivery.cancelled():  # the producer dropped it (it is stopping)
+            log.error("state changelog record cancelled by the producer")
+            return
+        if (exc := delivery.exception()) is not None:
+            log.error("state changelog record failed: %r", exc)
             return
         metadata = delivery.result()
         tp = TP(metadata.topic, metadata.partition)

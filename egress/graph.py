@@ -10,6 +10,7 @@ with ``code=None``, classified by HTTP status.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import aiohttp
@@ -164,9 +165,11 @@ class GraphClient:
 
 
 async def _json_or_none(resp: aiohttp.ClientResponse) -> Any:
+    """The body as JSON, or None. ``json.loads`` on the bytes: JSON is UTF-8, and aiohttp's
+    ``json()`` first decodes the body to text by the response's charset (a hot-path cost)."""
     try:
-        return await resp.json(content_type=None)
-    except (ValueError, UnicodeDecodeError, aiohttp.ContentTypeError):
+        return json.loads(await resp.read())
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

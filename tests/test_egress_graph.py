@@ -150,6 +150,14 @@ async def _no_id(_: web.Request) -> web.Response:
     return web.json_response({"messaging_product": "whatsapp", "messages": []})
 
 
+async def _empty_200(_: web.Request) -> web.Response:
+    return web.Response(status=200, body=b"")
+
+
+async def _bad_utf8_200(_: web.Request) -> web.Response:
+    return web.Response(status=200, body=b'{"messages": [{"id": "\xff\xfe"}]}')
+
+
 async def _echo_token(request: web.Request) -> web.Response:
     token = request.headers["Authorization"][7:]
     return web.json_response(
@@ -171,6 +179,8 @@ async def _echo_token(request: web.Request) -> web.Response:
         (_html_404, None, 404, ErrorAction.PERMANENT),
         (_bare_429, None, 429, ErrorAction.RETRY),
         (_no_id, None, 200, ErrorAction.PERMANENT),
+        (_empty_200, None, 200, ErrorAction.PERMANENT),
+        (_bad_utf8_200, None, 200, ErrorAction.PERMANENT),
         (_echo_token, 131000, 500, ErrorAction.RETRY),
     ],
 )

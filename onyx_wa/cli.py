@@ -53,6 +53,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         BrokerUnavailable,
         StartupError,
     ]
+    from streams.worker import WorkerCrashed
+
+    errors.append(WorkerCrashed)
     try:
         from store.db import DatabaseUnavailable
 

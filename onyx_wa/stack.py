@@ -86,6 +86,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
             ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
+# how often ``up`` restarts a worker that exited before it gives up and stops the stack
+MAX_WORKER_RESTARTS = 5
+
+
 @dataclass
 class Child:
     name: str
@@ -126,6 +130,7 @@ class EmbeddedStack:
     settings: Settings
     children: list[Child] = field(default_factory=list)
     broker: EmbeddedBroker | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the children's environment
 
     @property
     def log_dir(self) -> Path:
@@ -192,6 +197,7 @@ class EmbeddedStack:
         ):
             if value is None:
                 env.pop(alias, None)  # unset here means unset in the children too
+        self.env = env
         host = s.ingress_host
         self.children = [
             Child("worker", ["worker"], f"http://{host}:{s.worker_web_port}/readyz"),
@@ -238,6 +244,10 @@ class EmbeddedStack:
                 return child
         return None
 
+    def restart(self, child: Child) -> None:
+        child.stop()
+        child.start(self.env, self.log_dir)
+
     def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
@@ -258,11 +268,23 @@ def _tail(path: Path, lines: int = 1) -> str:
 async def serve_stack(settings: Settings, stop: asyncio.Event) -> None:
     stack = EmbeddedStack(settings)
     await stack.start()
+    worker_restarts = 0
     try:
         while not stop.is_set():
             crashed = stack.crashed()
             if crashed is not None:
                 log_file = stack.log_dir / f"{crashed.name}.log"
+                if crashed.name == "worker" and worker_restarts < MAX_WORKER_RESTARTS:
+                    # what a supervisor does for a deployed worker: a worker exits to redo its
+                    # work from the last commit (streams/delivery_guard.py) or after a crash
+                    worker_restarts += 1
+                    print(
+                        f"onyx-wa up: the worker exited ({_tail(log_file)}); restarting it "
+                        f"({worker_restarts}/{MAX_WORKER_RESTARTS})",
+                        flush=True,
+                    )
+                    stack.restart(crashed)
+                    continue
                 raise StartupError(f"{crashed.name} stopped unexpectedly: {_tail(log_file)}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)

@@ -23,6 +23,11 @@ from streams.app import ROLES, build_app
 log = logging.getLogger(__name__)
 
 
+class WorkerCrashed(RuntimeError):
+    """The Faust app crashed. The process exits non-zero so that its supervisor restarts it,
+    and the new process resumes from the committed offsets."""
+
+
 class Worker:
     """A started Faust app plus the resources its stages share; ``stop()`` releases all."""
 
@@ -46,6 +51,22 @@ class Worker:
         await self.app.start()
         if web_port is not None:
             await self._start_web(web_port)
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; raise :class:`WorkerCrashed` if the Faust app crashes first.
+
+        Why: mode marks a crashed app and stops its services, and nothing else ends the process.
+        A crashed worker would stay up, answering ``/healthz``, and consume nothing.
+        """
+        stopping = asyncio.ensure_future(stop.wait())
+        crashed = asyncio.ensure_future(self.app._crashed.wait())
+        try:
+            await asyncio.wait({stopping, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            crashed.cancel()
+        if self.app.crashed and not stop.is_set():
+            raise WorkerCrashed(f"the Faust app crashed: {self.app.crash_reason!r}")
 
     def ready(self) -> bool:
         """Joined the group and got an assignment (or the group has more workers than parts)."""
@@ -109,6 +130,6 @@ async def serve_worker(settings: Settings, roles: Iterable[str], stop: asyncio.E
     try:
         await worker.start(web_port=settings.worker_web_port or None)
         log.info("worker %s running", ",".join(worker.roles))
-        await stop.wait()
+        await worker.run_until(stop)
     finally:
         await worker.stop()

@@ -118,6 +118,15 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def _child_running(pid: int, command: str) -> int:
+    """The child of ``pid`` running ``onyx-wa <command>``."""
+    for child in _children(pid):
+        args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if command.encode() in args and _state(child) != "Z":
+            return child
+    raise AssertionError(f"no child runs {command!r}")
+
+
 def _gone(pids: list[int], timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -179,6 +188,25 @@ def test_up_runs_the_stack_and_ctrl_c_stops_all_of_it(home):
                 assert resp.status == 200
         descendants = _children(proc.pid)
         assert len(descendants) >= 4  # broker, worker, ingress, sim
+        # a worker that exits (kill -9 here; a crash or undelivered records in life) is
+        # restarted, as a supervisor would, and the stack goes on
+        worker_url = f"http://127.0.0.1:{ports['ONYX_WA_WORKER_WEB_PORT']}/healthz"
+        worker = _child_running(proc.pid, "worker")
+        os.kill(worker, signal.SIGKILL)
+        line = proc.stdout.readline()
+        assert "the worker exited" in line and "restarting it (1/5)" in line, line
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(worker_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the restarted worker never answered"
+            time.sleep(0.3)
+        assert _child_running(proc.pid, "worker") != worker
+        descendants = _children(proc.pid)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert _gone(descendants)

@@ -50,6 +50,12 @@ SKIPPED_RECORDS = Counter(
     "Records the Faust consumer skipped (a rebalance race) and read again, by topic",
     ["topic"],
 )
+PRODUCE_FAILURES = Counter(
+    "onyx_wa_produce_failures_total",
+    "Records a worker's producer could not deliver, by topic; the worker then stops committing"
+    " and exits, and its restart redoes the work from the last commit",
+    ["topic"],
+)
 CONSUMER_LOST_RECORDS = Counter(
     "onyx_wa_consumer_lost_records_total",
     "Skipped records that could not be read again (deleted by retention?) and were committed"

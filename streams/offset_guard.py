@@ -46,6 +46,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 from onyx_wa.metrics import CONSUMER_LOST_RECORDS, SKIPPED_RECORDS
+from streams import delivery_guard
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,20 @@ class GuardedConsumer(AIOKafkaConsumer):
         self._guarded_cache: dict[TP, bool] = {}
         self._seeks: set[asyncio.Task[None]] = set()
         self._read_offset = ReadOffsets(self._is_guarded, self._on_skip, self._on_lost)
+
+    async def _commit(self, offsets: Any) -> bool:
+        """Commit, unless an output the broker refused would be committed over.
+
+        Runs after Faust's ``producer.flush()``: every record produced for these offsets is
+        resolved by now (``streams.delivery_guard``).
+        """
+        failure = delivery_guard.undelivered(self.app)
+        if failure is not None:
+            log.critical("not committing %d partition(s): %s", len(offsets), failure)
+            if not self.app.crashed:
+                await self.app.crash(failure)
+            return False
+        return await super()._commit(offsets)
 
     def _is_guarded(self, tp: TP) -> bool:
         guarded = self._guarded_cache.get(tp)

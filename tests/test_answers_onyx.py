@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -204,13 +205,35 @@ def test_breaker_ignores_a_run_of_sporadic_failures_but_opens_on_an_outage() -> 
         breaker.record_failure()
     assert breaker.consecutive_failures == 5 and breaker.failure_ratio == 0.25
     assert breaker.state == "closed" and breaker.allow()
-    for _ in range(5):  # the window is now half failures: an outage, not noise
+    for _ in range(5):  # half the window failed: still not enough to tell from noise
+        breaker.record_failure()
+    assert breaker.failure_ratio == 0.5 and breaker.state == "closed"
+    for _ in range(6):  # 16 of the last 20: an outage
         breaker.record_failure()
     assert breaker.state == "open"
     fresh = CircuitBreaker(failure_threshold=5, reset_timeout_s=10, clock=lambda: 0.0)
     for _ in range(5):
         fresh.record_failure()
     assert fresh.state == "open"  # a down Onyx from the start is caught as fast as before
+
+
+def test_breaker_stays_closed_through_30_percent_random_failures() -> None:
+    """The chaos scenario's load: 30% of calls fail at random, ~280 calls. At a 50% window
+    threshold the breaker opened in about a fifth of such runs (here: 41 of 200) and failed
+    every question for 30 s; now it must stay closed in nearly all of them."""
+    rng = random.Random(20261207)
+    opened = 0
+    for _ in range(200):
+        breaker = CircuitBreaker(failure_threshold=5, reset_timeout_s=30, clock=lambda: 0.0)
+        for _ in range(280):
+            if rng.random() < 0.3:
+                breaker.record_failure()
+                if breaker.state == "open":
+                    opened += 1
+                    break
+            else:
+                breaker.record_success()
+    assert opened <= 4, f"opened in {opened} of 200 runs"
 
 
 def test_breaker_lost_trial_does_not_wedge() -> None:

@@ -154,6 +154,7 @@ def build_app(
         from analytics import agent as analytics_agent
 
         analytics_agent.register(app, ctx)
+    delivery_guard.guard_agents(app)
     return app, ctx
 
 

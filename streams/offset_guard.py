@@ -160,11 +160,12 @@ class GuardedConsumer(AIOKafkaConsumer):
         Runs after Faust's ``producer.flush()``: every record produced for these offsets is
         resolved by now (``streams.delivery_guard``).
         """
+        if self.app.crashed:  # whatever crashed it, the work since the last commit is redone
+            return False
         failure = delivery_guard.undelivered(self.app)
         if failure is not None:
             log.critical("not committing %d partition(s): %s", len(offsets), failure)
-            if not self.app.crashed:
-                await self.app.crash(failure)
+            await self.app.crash(failure)
             return False
         return await super()._commit(offsets)
 

@@ -61,12 +61,15 @@ def forwarding_app(kafka: Any, name: str, source: str, sink: str, guard: bool) -
         async for event in stream.events():
             await app.producer.send(sink, b"k", event.value, 0, None, None)
 
+    if guard:
+        delivery_guard.guard_agents(app)
     return app
 
 
-def refuse_once(app: faust.App, value: bytes) -> list[bytes]:
-    """The broker refuses the first delivery of ``value`` (as after an outage past the
-    producer's retries): its future fails, nothing is written."""
+def refuse_once(app: faust.App, value: bytes, how: str) -> list[bytes]:
+    """The first send of ``value`` fails and writes nothing. ``delivery``: its delivery future
+    fails (an outage past the producer's retries); ``raise``: the send itself raises (aiokafka
+    gave up waiting for the topic's metadata)."""
     producer = app.producer._ensure_producer()
     real_send = producer.send
     refused: list[bytes] = []
@@ -74,6 +77,8 @@ def refuse_once(app: faust.App, value: bytes) -> list[bytes]:
     async def send(topic: str, value_: Any = None, *args: Any, **kwargs: Any) -> Any:
         if value_ == value and not refused:
             refused.append(value_)
+            if how == "raise":
+                raise KafkaTimeoutError()
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(KafkaTimeoutError())
             return fut
@@ -83,10 +88,12 @@ def refuse_once(app: faust.App, value: bytes) -> list[bytes]:
     return refused
 
 
-async def run_refused_output(kafka: Any, guard: bool) -> tuple[int | None, list[bytes], bool]:
+async def run_refused_output(
+    kafka: Any, guard: bool, how: str = "delivery"
+) -> tuple[int | None, list[bytes], bool]:
     """Returns the committed offset after the first app, the sink's values at the end, and
     whether the first app crashed."""
-    label = "guarded" if guard else "plain"
+    label = f"{how}-{'guarded' if guard else 'plain'}"
     settings = kafka.settings()
     source = f"{settings.topic_prefix}.dg-{label}-in"
     sink = f"{settings.topic_prefix}.dg-{label}-out"
@@ -102,7 +109,7 @@ async def run_refused_output(kafka: Any, guard: bool) -> tuple[int | None, list[
     app = forwarding_app(kafka, group, source, sink, guard)
     await app.start()
     try:
-        refused = refuse_once(app, REFUSED)
+        refused = refuse_once(app, REFUSED, how)
         deadline = asyncio.get_running_loop().time() + 60
         while not refused and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
@@ -139,6 +146,16 @@ async def test_a_refused_output_is_never_committed_over_and_is_redone(kafka):
     # the control: Faust's own producer and consumer commit over the lost record
     committed, out, crashed = await run_refused_output(kafka, guard=False)
     assert committed == N and REFUSED not in out and not crashed
+
+
+async def test_a_send_that_raises_is_never_committed_over_and_is_redone(kafka):
+    committed, out, crashed = await run_refused_output(kafka, guard=True, how="raise")
+    assert crashed, "the guarded app went on after a send raised"
+    assert committed is None or committed <= int(REFUSED), committed
+    assert {int(v) for v in out} == set(range(N)), sorted(int(v) for v in out)
+    # the control: Faust restarts the actor and commits over the event it was handling
+    committed, out, crashed = await run_refused_output(kafka, guard=False, how="raise")
+    assert committed == N and REFUSED not in out and not crashed, (committed, crashed)
 
 
 def sum_samples_of_failures() -> float:
@@ -189,3 +206,34 @@ async def test_a_crashed_app_ends_the_worker(kafka, tmp_path):
             await asyncio.wait_for(running, 10)
     finally:
         await worker.stop()
+
+
+async def test_every_pipeline_agent_is_guarded_and_other_errors_keep_fausts_handling(tmp_path):
+    from types import SimpleNamespace
+
+    from aiokafka.errors import KafkaConnectionError
+    from faust.exceptions import ProducerSendError
+
+    from onyx_wa.settings import load_settings
+    from streams.app import build_app
+
+    app, _ = build_app(load_settings(data_dir=tmp_path))
+    assert len(app.agents) >= 6
+    assert all(getattr(a._on_error, "guarded", False) for a in app.agents.values())
+    faust_default: list[BaseException] = []
+    crashes: list[BaseException] = []
+
+    async def previous(agent: Any, exc: BaseException) -> None:  # Faust's: commit, restart
+        faust_default.append(exc)
+
+    async def crash(exc: BaseException) -> None:
+        crashes.append(exc)
+
+    handler = delivery_guard._guarded_handler(previous)
+    agent = SimpleNamespace(name="a", app=SimpleNamespace(crashed=False, crash=crash))
+    bug = ValueError("a bug outside the catch-all")
+    await handler(agent, bug)
+    broker = [ProducerSendError("send"), KafkaConnectionError(), RecordsNotDelivered("x")]
+    for exc in broker:
+        await handler(agent, exc)
+    assert faust_default == [bug] and crashes == broker

@@ -41,11 +41,19 @@ def new_state() -> State:
 
 
 def load(value: State | None, *, now_ms: int, idle_ttl_ms: int) -> State:
-    """The chat's state, fresh if absent or idle for longer than the TTL."""
+    """The chat's state, fresh if absent or idle for longer than the TTL.
+
+    A private copy, its containers included: the memory store hands back the very dict it
+    holds, and the handlers change the containers in place (the dedupe mark, the queue, the
+    quota window). An event that fails half-way must leave the stored state as it was, or its
+    dedupe mark alone would make its retry or replay look like a duplicate. Every change is one
+    level deep, so copying each container is enough.
+    """
     if not value or now_ms - int(value.get("updated_at", 0)) > idle_ttl_ms:
         return new_state()
     merged = new_state()
-    merged.update(value)
+    for name, item in value.items():
+        merged[name] = item.copy() if isinstance(item, dict | list) else item
     return merged
 
 

@@ -89,3 +89,32 @@ def test_reply_target_prefers_group_then_phone_then_bsuid():
         "sender_id": "US.1",
     }
     assert reply_target(bsuid) == ("US.1", "bsuid")
+
+
+def test_a_loaded_state_is_private_so_a_failed_event_leaves_no_trace():
+    """The memory store returns the dict it holds: the handlers' in-place changes (dedupe mark,
+    quota window, queue, history, bot message ids) must not reach it until the state is written.
+    Before, a question that failed after its dedupe mark looked like a duplicate when retried."""
+    import copy
+
+    stored = st.new_state()
+    stored["updated_at"] = 1_000
+    st.is_duplicate(stored, "wamid.A", now_ms=1_000, ttl_ms=60_000)
+    st.add_turns(stored, "q", "a", limit_turns=5)
+    stored["queue"].append({"request_id": "r1"})
+    st.within_user_quota(stored, "u1", now_ms=1_000, per_minute=5)
+    before = copy.deepcopy(stored)
+
+    state = st.load(stored, now_ms=2_000, idle_ttl_ms=60_000)
+    assert state == stored
+    assert not st.is_duplicate(state, "wamid.B", now_ms=2_000, ttl_ms=60_000)
+    st.add_turns(state, "q2", "a2", limit_turns=5)
+    state["queue"].append({"request_id": "r2"})
+    state["queue"].pop(0)
+    st.within_user_quota(state, "u1", now_ms=2_000, per_minute=5)
+    st.remember_bot_message(state, "wamid.bot", "r1")
+    st.finish_request(state, "r1", 7)
+    assert stored == before
+    # and the event that failed is no duplicate when it comes again
+    again = st.load(stored, now_ms=3_000, idle_ttl_ms=60_000)
+    assert not st.is_duplicate(again, "wamid.B", now_ms=3_000, ttl_ms=60_000)

@@ -50,6 +50,11 @@ SKIPPED_RECORDS = Counter(
     "Records the Faust consumer skipped (a rebalance race) and read again, by topic",
     ["topic"],
 )
+DB_RETRIES = Counter(
+    "onyx_wa_db_retries_total",
+    "Events retried in place because the database failed (a transient error), by stage",
+    ["stage"],
+)
 PRODUCE_FAILURES = Counter(
     "onyx_wa_produce_failures_total",
     "Records a worker's producer could not deliver, by topic; the worker then stops committing"

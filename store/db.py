@@ -27,6 +27,21 @@ class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached; the message is one line naming the URL and the fix."""
 
 
+def is_transient_db_error(exc: BaseException) -> bool:
+    """A failure of the database, not of the request: worth retrying the same work later.
+
+    SQLAlchemy's ``OperationalError`` (connection refused or lost, the server shutting down, a
+    locked SQLite file) and ``InterfaceError`` (a closed connection), timeouts and socket errors.
+    Errors about the statement or the data (``IntegrityError``, ``ProgrammingError``) are not.
+    """
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(
+        exc,
+        OperationalError | InterfaceError | DatabaseUnavailable | ConnectionError | TimeoutError,
+    )
+
+
 def to_async_url(url: str) -> str:
     """Normalise ``postgres://``, ``postgresql://`` and ``sqlite://`` to their async drivers."""
     for plain, driver in (

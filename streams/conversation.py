@@ -11,6 +11,7 @@ emitted straight to the outbound topic with deterministic ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import faust
 
 from onyx_wa import topics as t
-from onyx_wa.metrics import DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATENCY
+from onyx_wa.metrics import DB_RETRIES, DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATENCY
 from schemas.codec import get_codec
+from store.db import is_transient_db_error
 from streams import state as st
 from streams.addressing import reply_target, request_id_for
 from streams.app import StageContext, table_options
@@ -30,6 +32,9 @@ from streams.replies import reply_text
 from streams.table_writes import TableWriter
 
 log = logging.getLogger(__name__)
+
+# waits between tries of an event while the database fails (about two minutes in all)
+TRANSIENT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 30.0)
 
 FEEDBACK_ACK = "feedback_thanks"
 
@@ -379,24 +384,18 @@ def register(app: faust.App, ctx: StageContext) -> None:
     counted = {o: STAGE_EVENTS.labels("conversation", o) for o in set(names.values())}
     stage_latency = STAGE_LATENCY.labels("conversation")
 
-    @app.agent(source, name="conversation")
-    async def conversation(stream: faust.StreamT) -> None:
-        config: ConfigLookup = ctx.resources["config"]
-        async for event in stream.events():
-            started = time.perf_counter()
-            key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
-            origin = names.get(event.message.topic, "inbound")
+    async def decide(
+        config: ConfigLookup, key: str, origin: str, value: dict[str, Any], stored: Any, event: Any
+    ) -> tuple[ConversationHandler, st.State]:
+        """One event's decisions and the state they leave, retried in place while the
+        database fails (config lookups, quotas, forgetting): a database outage is not a bad
+        event and must not park questions in ``wa.invalid``. Past the last retry the app
+        crashes: the worker commits nothing more and its restart redoes the event."""
+        for delay in (*TRANSIENT_BACKOFF_S, None):
             handler = ConversationHandler(ctx, config)
-            stored = table.get(key)
-            if stored is None and origin in ("answer", "outbound_result"):
-                # a chat we keep nothing about (forgotten, expired): a late result must not
-                # bring its state back
-                counted[origin].inc()
-                continue
+            # a private copy per attempt: a failed attempt leaves no trace (see st.load)
             state = st.load(stored, now_ms=_now_ms(), idle_ttl_ms=idle_ms)
-            value: dict[str, Any] | None = None
             try:
-                value = decode(event.value)
                 if origin == "inbound":
                     await handler.on_inbound(key, value, state, event.message.offset)
                 elif origin == "answer":
@@ -407,7 +406,40 @@ def register(app: faust.App, ctx: StageContext) -> None:
                     handler.on_outbound_result(value, state)
                 if handler.forget_user and getattr(config, "sessions", None) is not None:
                     await _forget_rows(ctx, config, value["tenant_id"], handler.forget_user)
+                return handler, state
+            except Exception as exc:
+                if not is_transient_db_error(exc):
+                    raise
+                if delay is None:
+                    log.critical("conversation stage: the database is still failing (%r)", exc)
+                    await app.crash(exc)
+                    raise
+                DB_RETRIES.labels("conversation").inc()
+                log.warning("conversation stage: database error (%r), retrying in %.1f s",
+                            exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+
+    @app.agent(source, name="conversation")
+    async def conversation(stream: faust.StreamT) -> None:
+        config: ConfigLookup = ctx.resources["config"]
+        async for event in stream.events():
+            started = time.perf_counter()
+            key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+            origin = names.get(event.message.topic, "inbound")
+            stored = table.get(key)
+            if stored is None and origin in ("answer", "outbound_result"):
+                # a chat we keep nothing about (forgotten, expired): a late result must not
+                # bring its state back
+                counted[origin].inc()
+                continue
+            value: dict[str, Any] | None = None
+            try:
+                value = decode(event.value)
+                handler, state = await decide(config, key, origin, value, stored, event)
             except Exception as exc:  # never stall the partition on one bad event
+                if app.crashed:
+                    raise  # the database stayed down: redone after the restart, not parked
                 tenant, _, chat = key.partition(":")
                 log.exception(
                     "conversation stage failed on %s event",

@@ -409,3 +409,42 @@ async def test_invalid_payloads_land_in_the_invalid_topic_and_processing_continu
     assert all(e["reason"] and e["raw"] for e in found)
     assert {e["stage"] for e in found} == {"preprocess"}
     assert any(e["raw"] == bad[0] for e in found)  # the undecodable bytes are kept as they were
+
+
+async def test_a_database_outage_delays_a_question_but_never_parks_it(pipeline, monkeypatch):
+    """The chat's settings cannot be read twice in a row (the database refuses connections):
+    the conversation stage retries the event in place, the question is answered once, and
+    nothing of it lands in the invalid topic. Before, it was parked there unanswered, and its
+    dedupe mark, left in the memory store's state, made a replay look like a duplicate."""
+    from sqlalchemy.exc import OperationalError
+
+    from onyx_wa import topics as t
+    from onyx_wa.metrics import DB_RETRIES
+    from tests.test_ingress_http import read_topic
+
+    bot = await pipeline.add_bot()
+    user = "15550000031"
+    config = pipeline.worker.ctx.resources["config"]
+    real_chat = config.chat
+    refused: list[str] = []
+
+    async def chat(bot_view, chat_id, is_group):
+        if chat_id == user and len(refused) < 2:
+            refused.append(chat_id)
+            raise OperationalError("SELECT chats", {}, ConnectionRefusedError(111, "refused"))
+        return await real_chat(bot_view, chat_id, is_group)
+
+    monkeypatch.setattr(config, "chat", chat)
+    retries = DB_RETRIES.labels("conversation")._value.get()
+    wamid = await pipeline.meta(bot).send_text(bot.phone_number_id, user, "Where is the VPN guide?")
+    replies = await pipeline.wait_for(user, 2, settle_s=2.0)
+    texts = [r for r in replies if r["type"] == "text"]
+    assert len(refused) == 2, "the outage was never injected"
+    assert len(texts) == 1 and texts[0]["context"] == wamid, replies
+    assert DB_RETRIES.labels("conversation")._value.get() == retries + 2
+    invalid = await read_topic(
+        pipeline.settings, t.full_name(t.INVALID, pipeline.settings.topic_prefix), 0, 1.0
+    )
+    assert not [
+        e for e in invalid if user in (e.get("key") or "") or wamid.encode() in (e["raw"] or b"")
+    ]

@@ -21,7 +21,7 @@ import faust
 from onyx_wa import topics as t
 from onyx_wa.metrics import DB_RETRIES, DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATENCY
 from schemas.codec import get_codec
-from store.db import is_transient_db_error
+from store.db import DB_RETRY_BACKOFF_S, is_transient_db_error
 from streams import state as st
 from streams.addressing import reply_target, request_id_for
 from streams.app import StageContext, table_options
@@ -32,9 +32,6 @@ from streams.replies import reply_text
 from streams.table_writes import TableWriter
 
 log = logging.getLogger(__name__)
-
-# waits between tries of an event while the database fails (about two minutes in all)
-TRANSIENT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 30.0)
 
 FEEDBACK_ACK = "feedback_thanks"
 
@@ -391,7 +388,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
         database fails (config lookups, quotas, forgetting): a database outage is not a bad
         event and must not park questions in ``wa.invalid``. Past the last retry the app
         crashes: the worker commits nothing more and its restart redoes the event."""
-        for delay in (*TRANSIENT_BACKOFF_S, None):
+        for delay in (*DB_RETRY_BACKOFF_S, None):
             handler = ConversationHandler(ctx, config)
             # a private copy per attempt: a failed attempt leaves no trace (see st.load)
             state = st.load(stored, now_ms=_now_ms(), idle_ttl_ms=idle_ms)

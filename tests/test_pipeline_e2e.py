@@ -448,3 +448,38 @@ async def test_a_database_outage_delays_a_question_but_never_parks_it(pipeline, 
     assert not [
         e for e in invalid if user in (e.get("key") or "") or wamid.encode() in (e["raw"] or b"")
     ]
+
+
+async def test_a_database_outage_delays_an_onyx_answer_instead_of_failing_it(pipeline, monkeypatch):
+    """The answer stage's linked-user lookup (before the Onyx call) is refused twice: the
+    request is tried again and the user gets Onyx's answer, not the polite failure it got
+    before, and Onyx is asked once."""
+    from sqlalchemy.exc import OperationalError
+
+    from onyx_wa.metrics import DB_RETRIES
+
+    bot = await _onyx_bot(pipeline, "key-db-outage")
+    user = "15550000032"
+    config = pipeline.worker.ctx.resources["config"]
+    real_lookup = config.linked_onyx_key
+    refused: list[str] = []
+
+    async def linked_onyx_key(bot_view, sender_id):
+        if sender_id == user and len(refused) < 2:
+            refused.append(sender_id)
+            raise OperationalError("SELECT links", {}, ConnectionRefusedError(111, "refused"))
+        return await real_lookup(bot_view, sender_id)
+
+    monkeypatch.setattr(config, "linked_onyx_key", linked_onyx_key)
+    retries = DB_RETRIES.labels("answers")._value.get()
+    await pipeline.meta(bot).send_text(bot.phone_number_id, user, "How many vacation days?")
+    replies = await pipeline.wait_for(user, 2, settle_s=2.0)
+    [answer] = [r for r in replies if r["type"] == "text"]
+    assert len(refused) == 2, "the outage was never injected"
+    assert "25 vacation days" in answer["body"], answer["body"]
+    assert DB_RETRIES.labels("answers")._value.get() == retries + 2
+    sends = [
+        r for r in await pipeline.onyx("GET", "/_fake/requests")
+        if r["path"] == "/api/chat/send-chat-message" and r["key_sha256"] == _sha("key-db-outage")
+    ]  # fmt: skip
+    assert len(sends) == 1, sends

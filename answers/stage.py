@@ -23,10 +23,10 @@ import faust
 
 from answers.model import Answer, Turn, answer_to_avro_fields
 from onyx_wa import topics as t
-from onyx_wa.metrics import ANSWER_ERRORS, ANSWER_LATENCY, DB_RETRIES, STAGE_EVENTS
-from store.db import DB_RETRY_BACKOFF_S, is_transient_db_error
+from onyx_wa.metrics import ANSWER_ERRORS, ANSWER_LATENCY, STAGE_EVENTS
 from streams.addressing import outbound_id_for
 from streams.app import StageContext
+from streams.db_retry import retry_db_errors
 
 log = logging.getLogger(__name__)
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -75,7 +75,10 @@ class AnswerService:
         backend_name = request.get("answer_backend") or "local"
         async with self._slots[request["tenant_id"]]:
             try:
-                answer = await self._run_with_db_retries(request, backend_name)
+                # the bot and linked-user lookups come before the Onyx call, so a retry on a
+                # database error never asks Onyx twice; only after it gives up (about two
+                # minutes) does the request get the polite failure
+                answer = await retry_db_errors("answers", lambda: self._run(request, backend_name))
             except Exception as exc:  # a backend bug must become a polite failure, not silence
                 log.exception("answer backend %s failed", backend_name)
                 answer = Answer(
@@ -93,21 +96,6 @@ class AnswerService:
         if record["error_code"]:
             ANSWER_ERRORS.labels(backend_name, metric_code(record["error_code"])).inc()
         return record
-
-    async def _run_with_db_retries(self, request: dict[str, Any], backend_name: str) -> Answer:
-        """:meth:`_run`, tried again while the database fails (the bot and linked-user lookups
-        come before the Onyx call, so a retry never asks Onyx twice). A database outage delays
-        the answer; only after about two minutes does it become the polite failure."""
-        for delay in (*DB_RETRY_BACKOFF_S, None):
-            try:
-                return await self._run(request, backend_name)
-            except Exception as exc:
-                if delay is None or not is_transient_db_error(exc):
-                    raise
-                DB_RETRIES.labels("answers").inc()
-                log.warning("answer stage: database error (%r), retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover - the last try returns or raises
 
     async def _run(self, request: dict[str, Any], backend_name: str) -> Answer:
         history = [Turn(role=t_["role"], text=t_["text"]) for t_ in request.get("history") or []]

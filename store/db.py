@@ -27,11 +27,6 @@ class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached; the message is one line naming the URL and the fix."""
 
 
-# waits between tries of work that failed on the database (about two minutes in all): the
-# stages retry in place (streams/conversation.py, answers/stage.py) rather than drop the work
-DB_RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 30.0)
-
-
 def is_transient_db_error(exc: BaseException) -> bool:
     """A failure of the database, not of the request: worth retrying the same work later.
 

@@ -11,7 +11,6 @@ emitted straight to the outbound topic with deterministic ids.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -19,14 +18,15 @@ from typing import Any
 import faust
 
 from onyx_wa import topics as t
-from onyx_wa.metrics import DB_RETRIES, DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATENCY
+from onyx_wa.metrics import DUPLICATES, QUOTA_REJECTED, STAGE_EVENTS, STAGE_LATENCY
 from schemas.codec import get_codec
-from store.db import DB_RETRY_BACKOFF_S, is_transient_db_error
+from store.db import is_transient_db_error
 from streams import state as st
 from streams.addressing import reply_target, request_id_for
 from streams.app import StageContext, table_options
 from streams.classify import classify
 from streams.config import ChatSettings, ConfigLookup
+from streams.db_retry import retry_db_errors
 from streams.expiry import tombstone
 from streams.replies import reply_text
 from streams.table_writes import TableWriter
@@ -388,34 +388,30 @@ def register(app: faust.App, ctx: StageContext) -> None:
         database fails (config lookups, quotas, forgetting): a database outage is not a bad
         event and must not park questions in ``wa.invalid``. Past the last retry the app
         crashes: the worker commits nothing more and its restart redoes the event."""
-        for delay in (*DB_RETRY_BACKOFF_S, None):
+
+        async def attempt() -> tuple[ConversationHandler, st.State]:
             handler = ConversationHandler(ctx, config)
             # a private copy per attempt: a failed attempt leaves no trace (see st.load)
             state = st.load(stored, now_ms=_now_ms(), idle_ttl_ms=idle_ms)
-            try:
-                if origin == "inbound":
-                    await handler.on_inbound(key, value, state, event.message.offset)
-                elif origin == "answer":
-                    handler.on_answer(key, value, state)
-                elif origin == "forget":
-                    handler.on_forget(value, state)
-                else:
-                    handler.on_outbound_result(value, state)
-                if handler.forget_user and getattr(config, "sessions", None) is not None:
-                    await _forget_rows(ctx, config, value["tenant_id"], handler.forget_user)
-                return handler, state
-            except Exception as exc:
-                if not is_transient_db_error(exc):
-                    raise
-                if delay is None:
-                    log.critical("conversation stage: the database is still failing (%r)", exc)
-                    await app.crash(exc)
-                    raise
-                DB_RETRIES.labels("conversation").inc()
-                log.warning("conversation stage: database error (%r), retrying in %.1f s",
-                            exc, delay)  # fmt: skip
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+            if origin == "inbound":
+                await handler.on_inbound(key, value, state, event.message.offset)
+            elif origin == "answer":
+                handler.on_answer(key, value, state)
+            elif origin == "forget":
+                handler.on_forget(value, state)
+            else:
+                handler.on_outbound_result(value, state)
+            if handler.forget_user and getattr(config, "sessions", None) is not None:
+                await _forget_rows(ctx, config, value["tenant_id"], handler.forget_user)
+            return handler, state
+
+        try:
+            return await retry_db_errors("conversation", attempt)
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                log.critical("conversation stage: the database is still failing (%r)", exc)
+                await app.crash(exc)
+            raise
 
     @app.agent(source, name="conversation")
     async def conversation(stream: faust.StreamT) -> None:

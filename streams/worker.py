@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from onyx_wa.kafka import ensure_pipeline_topics, wait_for_broker
+from onyx_wa.runtime import wait_stop
 from onyx_wa.settings import Settings
 from streams.app import ROLES, build_app
 
@@ -58,12 +59,10 @@ class Worker:
         Why: mode marks a crashed app and stops its services, and nothing else ends the process.
         A crashed worker would stay up, answering ``/healthz``, and consume nothing.
         """
-        stopping = asyncio.ensure_future(stop.wait())
         crashed = asyncio.ensure_future(self.app._crashed.wait())
         try:
-            await asyncio.wait({stopping, crashed}, return_when=asyncio.FIRST_COMPLETED)
+            await wait_stop(stop, crashed)
         finally:
-            stopping.cancel()
             crashed.cancel()
         if self.app.crashed and not stop.is_set():
             raise WorkerCrashed(f"the Faust app crashed: {self.app.crash_reason!r}")

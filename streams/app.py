@@ -77,13 +77,13 @@ class Topics:
         Why not ``self.of(spec).send()``: on the hot path Faust's channel, schema and registry
         layers cost about as much as the encoding itself (profiled in ``bench/streams.py``).
         This keeps the same guarantee: Faust flushes ``app.producer`` before it commits
-        offsets, so a record is on the broker before the input that produced it is committed.
-        The partition is left to the producer's default partitioner (murmur2 of the key),
+        offsets, so a record is on the broker before the input that produced it is committed,
+        and a record that failed stops the commits (``streams.delivery_guard``, which also logs
+        it). The partition is left to the producer's default partitioner (murmur2 of the key),
         exactly like the topic objects do.
         """
         data = get_codec().encode(spec.schema, value)
-        delivery = await self.app.producer.send(self.name(spec), key, data, None, None, None)
-        delivery.add_done_callback(_log_failed_delivery)
+        await self.app.producer.send(self.name(spec), key, data, None, None, None)
 
     def merged(self, *specs: t.TopicSpec) -> faust.TopicT:
         """One stream over several co-partitioned topics (same key, same partition count)."""
@@ -156,12 +156,6 @@ def build_app(
         analytics_agent.register(app, ctx)
     delivery_guard.guard_agents(app)
     return app, ctx
-
-
-def _log_failed_delivery(delivery: Any) -> None:
-    """A record the producer gave up on is loud (nobody else awaits these futures)."""
-    if not delivery.cancelled() and delivery.exception() is not None:
-        log.error("record delivery failed: %r", delivery.exception())
 
 
 # RocksDB per partition database (each table has one per partition it holds). Faust's defaults

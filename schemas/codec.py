@@ -479,6 +479,19 @@ class _Version(NamedTuple):
     parsed: Any
     check: Check
     header: bytes
+    contained: Any  # the self-contained JSON form (named types inline): what the id is of
+
+
+class _Head(NamedTuple):
+    """A record's schema without its last (nested record) field: see ``encode_spliced``."""
+
+    parsed: Any
+    check: Check
+    tail_field: str
+
+
+def _canonical(schema: Any) -> str:
+    return to_parsing_canonical_form(fastavro.parse_schema(schema, named_schemas={}))
 
 
 def _short(full_name: str) -> str:
@@ -505,11 +518,14 @@ class AvroCodec:
         parsed, self._named = parse_all(load_sources(directory))
         self._latest: dict[str, _Version] = {}
         self._by_id: dict[int, _Version] = {}
+        # (outer schema id, tail writer id) -> the head's schema, or None: cannot splice
+        self._heads: dict[tuple[int, int], _Head | None] = {}
         for full_name, schema in sorted(parsed.items()):
             self._add(_short(full_name), schema, self._named)
 
     def _add(self, record_name: str, parsed: Any, named: Mapping[str, Any]) -> _Version:
-        full = json.dumps(self_contained(parsed, named), separators=(",", ":"))
+        contained = self_contained(parsed, named)
+        full = json.dumps(contained, separators=(",", ":"))
         schema_id = self.registry.id_for(parsed["name"], full)
         version = _Version(
             record_name,
@@ -517,6 +533,7 @@ class AvroCodec:
             parsed,
             _Compiler(named).compile(parsed),
             _HEADER.pack(MAGIC, schema_id),
+            contained,
         )
         self._latest[record_name] = version
         # the first name an id was known by stays its name (record_name_of is stable)
@@ -583,6 +600,56 @@ class AvroCodec:
             raise CodecError(f"cannot encode {record_name}: {problem}") from None
         return out.getvalue()
 
+    def encode_spliced(
+        self, record_name: str, record: Mapping[str, Any], framed_tail: bytes
+    ) -> bytes:
+        """``encode(record_name, record)``, reusing the body of its last field's record.
+
+        ``record``'s last field holds a record that was decoded from ``framed_tail`` (framed
+        bytes read from a topic) and not changed since. Avro writes a record as its fields in
+        order, so the body is the other fields' body followed by the tail's body, and only the
+        head needs encoding. Why: the classified message embeds the inbound message unchanged,
+        and re-encoding it cost more than the rest of the conversation stage's encoding.
+        Falls back to a plain ``encode`` when ``framed_tail`` was written with a schema whose
+        binary layout differs from the field's (an older or newer producer)."""
+        version = self._version(record_name)
+        tail = self._writer_of(framed_tail)
+        pair = (version.schema_id, tail.schema_id)
+        head = self._heads[pair] if pair in self._heads else self._head(pair, version, tail)
+        if head is None:
+            return self.encode(record_name, dict(record))
+        fields = {k: v for k, v in record.items() if k != head.tail_field}
+        if self.validate:
+            try:
+                head.check(fields)
+            except _Mismatch as exc:
+                raise CodecError(f"cannot encode {record_name}: {exc.describe()}") from None
+        out = io.BytesIO()
+        out.write(version.header)
+        try:
+            fastavro.schemaless_writer(out, head.parsed, fields, strict_allow_default=True)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise CodecError(f"cannot encode {record_name}: {type(exc).__name__}") from None
+        out.write(memoryview(framed_tail)[HEADER_SIZE:])
+        return out.getvalue()
+
+    def _head(self, pair: tuple[int, int], version: _Version, tail: _Version) -> _Head | None:
+        """The schema of ``version`` without its last field, if that field's binary layout is
+        the one ``tail`` was written with (same Parsing Canonical Form); else None."""
+        head = None
+        fields = version.contained.get("fields") or []
+        nested = fields[-1]["type"] if fields else None
+        if isinstance(nested, dict) and nested.get("type") == "record":
+            same = _canonical(nested) == _canonical(tail.contained)
+            if same:
+                source = {**version.contained, "name": f"{version.contained['name']}Head"}
+                source["fields"] = fields[:-1]
+                named: dict[str, Any] = {}
+                parsed = fastavro.parse_schema(source, named_schemas=named)
+                head = _Head(parsed, _Compiler(named).compile(parsed), fields[-1]["name"])
+        self._heads[pair] = head
+        return head
+
     def _writer_of(self, data: bytes | bytearray | memoryview) -> _Version:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CodecError(f"expected bytes, got {type(data).__name__}")
@@ -603,7 +670,8 @@ class AvroCodec:
             raise CodecError(f"unknown schema id {schema_id}")
         try:
             named: dict[str, Any] = {}
-            parsed = fastavro.parse_schema(json.loads(text), named_schemas=named)
+            contained = json.loads(text)
+            parsed = fastavro.parse_schema(contained, named_schemas=named)
         except (ValueError, KeyError, TypeError, fastavro.schema.SchemaParseException) as exc:
             raise CodecError(f"registry schema {schema_id} is not usable: {exc}") from None
         version = _Version(
@@ -612,6 +680,7 @@ class AvroCodec:
             parsed,
             _Compiler(named).compile(parsed),
             _HEADER.pack(MAGIC, schema_id),
+            contained,
         )
         return self._by_id.setdefault(schema_id, version)
 

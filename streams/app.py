@@ -21,7 +21,7 @@ import faust
 from faust.serializers import codecs
 
 from onyx_wa import topics as t
-from onyx_wa.kafka import faust_broker_settings
+from onyx_wa.kafka import CachedPartitioner, faust_broker_settings
 from onyx_wa.settings import Settings
 from schemas.codec import get_codec
 from schemas.faust_codec import register_faust_codecs
@@ -71,18 +71,33 @@ class Topics:
             )
         return self._cache[spec.name]
 
-    async def send(self, spec: t.TopicSpec, key: bytes, value: dict[str, Any]) -> None:
+    async def send(
+        self,
+        spec: t.TopicSpec,
+        key: bytes,
+        value: dict[str, Any],
+        *,
+        tail: bytes | None = None,
+    ) -> None:
         """Encode ``value`` as ``spec``'s record and hand it to the app's producer.
+
+        ``tail``: the framed bytes the record's last field (a nested record) was decoded from;
+        their body is reused instead of encoded again (``AvroCodec.encode_spliced``).
 
         Why not ``self.of(spec).send()``: on the hot path Faust's channel, schema and registry
         layers cost about as much as the encoding itself (profiled in ``bench/streams.py``).
         This keeps the same guarantee: Faust flushes ``app.producer`` before it commits
         offsets, so a record is on the broker before the input that produced it is committed,
         and a record that failed stops the commits (``streams.delivery_guard``, which also logs
-        it). The partition is left to the producer's default partitioner (murmur2 of the key),
-        exactly like the topic objects do.
+        it). The partition is left to the producer's partitioner (murmur2 of the key, the
+        hashes of recent keys cached: ``onyx_wa.kafka.CachedPartitioner``), like the topic
+        objects do.
         """
-        data = get_codec().encode(spec.schema, value)
+        codec = get_codec()
+        if tail is None:
+            data = codec.encode(spec.schema, value)
+        else:
+            data = codec.encode_spliced(spec.schema, value, tail)
         await self.app.producer.send(self.name(spec), key, data, None, None, None)
 
     def merged(self, *specs: t.TopicSpec) -> faust.TopicT:
@@ -128,6 +143,7 @@ def build_app(
     app = faust.App(
         app_id(settings, roles),
         **faust_broker_settings(settings),
+        producer_partitioner=CachedPartitioner(),
         store=store,
         datadir=str(datadir),
         web_enabled=False,

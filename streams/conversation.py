@@ -464,7 +464,9 @@ def register(app: faust.App, ctx: StageContext) -> None:
             # emits again (ids are deterministic: downstream drops repeats) instead of taking it
             # for a duplicate and dropping it.
             for spec, out_key, record in handler.out:
-                await send(spec, out_key, record)
+                # the classified message embeds this very inbound record: reuse its bytes
+                embeds = spec is t.CLASSIFIED and record.get("message") is value
+                await send(spec, out_key, record, tail=event.value if embeds else None)
             if handler.forget:
                 tombstone(table, key, event.message.partition)
                 tenant, _, chat = key.partition(":")

@@ -494,6 +494,39 @@ def test_registering_a_new_version_under_the_same_name_keeps_old_bytes_readable(
     assert codec.decode(classified) == EXAMPLES["ClassifiedMessage"]
 
 
+def test_a_spliced_encode_is_byte_for_byte_the_plain_encode():
+    """The classified message reuses the inbound record's body: the same bytes, so readers
+    (and the official avro package) cannot tell the difference."""
+    codec = AvroCodec()
+    framed = codec.encode("InboundMessage", INBOUND)
+    record = EXAMPLES["ClassifiedMessage"] | {"message": codec.decode(framed)}
+    spliced = codec.encode_spliced("ClassifiedMessage", record, framed)
+    assert spliced == codec.encode("ClassifiedMessage", record)
+    assert codec.decode(spliced) == record
+
+
+def test_a_spliced_encode_falls_back_when_the_tail_has_another_layout():
+    """A tail written by a newer producer (one more field) cannot be reused as the nested
+    record's body: the record is encoded in full, as the embedding record's schema says."""
+    codec = AvroCodec()
+    codec.register("InboundMessageV2", _inbound_v2())
+    newer = codec.encode("InboundMessageV2", INBOUND | {"priority": 9})
+    record = EXAMPLES["ClassifiedMessage"] | {"message": INBOUND}
+    spliced = codec.encode_spliced("ClassifiedMessage", record, newer)
+    assert spliced == codec.encode("ClassifiedMessage", record)
+    assert codec.decode(spliced)["message"] == INBOUND
+
+
+def test_a_spliced_encode_still_checks_the_head_fields():
+    codec = AvroCodec()
+    framed = codec.encode("InboundMessage", INBOUND)
+    record = EXAMPLES["ClassifiedMessage"] | {"message": INBOUND, "kind": "shouting"}
+    with pytest.raises(CodecError, match="ClassifiedMessage.*kind"):
+        codec.encode_spliced("ClassifiedMessage", record, framed)
+    with pytest.raises(CodecError, match="ClassifiedMessage.*unknown field"):
+        codec.encode_spliced("ClassifiedMessage", record | {"kind": "question", "x": 1}, framed)
+
+
 def test_incompatible_reader_and_bad_versions_are_errors():
     codec = AvroCodec()
     data = codec.encode("Feedback", EXAMPLES["Feedback"])

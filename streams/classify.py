@@ -41,11 +41,16 @@ class ChatRule:
     disabled: bool = False
 
 
+_NOT_WORDS = re.compile(r"[\s!¡?¿.,;:~]+")
+
+
 def _plain(text: str) -> str:
     """Lower-case, accents and punctuation stripped, for greeting/thanks matching."""
-    decomposed = unicodedata.normalize("NFKD", text.lower())
-    no_marks = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return re.sub(r"[\s!¡?¿.,;:~]+", " ", no_marks).strip()
+    text = text.lower()
+    if not text.isascii():  # ASCII has no accents to strip (NFKD leaves it unchanged)
+        decomposed = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _NOT_WORDS.sub(" ", text).strip()
 
 
 def _strip_skin_tone(emoji: str) -> str:

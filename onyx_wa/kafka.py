@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from onyx_wa.settings import Settings
 from onyx_wa.topics import ALL, TopicSpec, full_name
@@ -119,6 +120,32 @@ def faust_broker_settings(settings: Settings) -> dict[str, Any]:
         # noack stream); every stage is idempotent, so an event cut off is simply redone
         "stream_wait_empty": False,
     }
+
+
+class CachedPartitioner:
+    """Kafka's default partitioner (murmur2 of the key), remembering the hashes of recent keys.
+
+    Why: aiokafka's murmur2 is pure Python (about 5 µs a key), and the pipeline partitions the
+    same ``tenant:chat`` key several times per message (wa.inbound, wa.classified, the answer
+    request) and again for each later message of the chat. The partitions are exactly the
+    default partitioner's; only the hashing is skipped. At most ``size`` keys are kept (about
+    100 bytes each); a full cache starts over.
+    """
+
+    def __init__(self, size: int = 16_384) -> None:
+        self.size = size
+        self._hashes: dict[bytes, int] = {}
+        self._default = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:  # no key: the default's random choice
+            return self._default(key, all_partitions, available)
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self.size:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[hashed % len(all_partitions)]
 
 
 # --- broker reachability and topics -------------------------------------------------------------

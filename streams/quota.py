@@ -47,9 +47,20 @@ class TenantQuota:
         self, tenant_id: str, now_ms: int, *, per_minute: int, per_day: int
     ) -> str | None:
         """Like :meth:`allow`, but names the spent window ("minute" or "day"), None if allowed."""
-        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
+        now_s = now_ms // 1000
+        minute = (tenant_id, "minute", now_s - now_s % WINDOWS["minute"])
+        day = (tenant_id, "day", now_s - now_s % WINDOWS["day"])
+        leases = self._leases
+        if leases.get(minute, 0) > 0 and leases.get(day, 0) > 0:
+            # the common case, without the lock: nothing is awaited between the check and the
+            # take, and the locked path below awaits only while one of these leases is empty
+            leases[minute] -= 1
+            leases[day] -= 1
+            return None
+        lock = self._locks.get(tenant_id)
+        if lock is None:
+            lock = self._locks[tenant_id] = asyncio.Lock()
         async with lock:
-            now_s = now_ms // 1000
             keys = [
                 (tenant_id, window, now_s - now_s % seconds, limit)
                 for (window, seconds), limit in zip(

@@ -76,3 +76,14 @@ def test_lease_block_scales_with_the_limit() -> None:
     assert lease_block(600) == 12
     assert lease_block(50_000) == 1000
     assert lease_block(10**9) == 1000  # capped: a crash wastes at most one block
+
+
+async def test_concurrent_questions_in_one_worker_never_overspend(each_store) -> None:
+    """Questions of one tenant asked at once: the unlocked fast path (leases in hand) and the
+    locked path that leases more interleave, and the limit still holds exactly."""
+    quota = TenantQuota(each_store.sessions)
+    limits = {"per_minute": 250, "per_day": 400}
+    granted = await asyncio.gather(*(quota.allow("acme", T0, **limits) for _ in range(600)))
+    assert sum(granted) == 250  # one worker: every leased unit is used before it is refused
+    later = await asyncio.gather(*(quota.allow("acme", T0 + 60_000, **limits) for _ in range(600)))
+    assert sum(later) == 150  # the day's 400 spent over two minutes

@@ -6,7 +6,8 @@ travels in the event (the conversation state maps the tapped WhatsApp message to
 
 Delivery is at-least-once; Onyx stores one row per call, so ids already forwarded by this
 worker are remembered (bounded) and skipped. A failure after the client's retries is logged and
-counted, never retried forever: feedback is a signal, not a transaction.
+counted, never retried forever: feedback is a signal, not a transaction. A database error in
+the bot lookup is retried in place first (``streams.db_retry``), like the other stages.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import faust
 
 from onyx_wa import topics as t
 from onyx_wa.metrics import FEEDBACK_FORWARDED
+from store.db import is_transient_db_error
 from streams.app import StageContext
+from streams.db_retry import retry_db_errors
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,20 @@ class FeedbackForwarder:
             return "duplicate"
         if event.get("onyx_message_id") is None:
             return "no_onyx_message"  # local backend answers, or an answer Onyx never gave
-        bot = await self.ctx.resources["config"].bot(event["phone_number_id"])
+        config = self.ctx.resources["config"]
+        try:
+            # a database outage delays the feedback (about two minutes of retries) before it
+            # gives up: it used to drop it at the first refused lookup
+            bot = await retry_db_errors("feedback", lambda: config.bot(event["phone_number_id"]))
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            log.error(
+                "feedback for tenant %s dropped: the database is still failing (%r)",
+                event["tenant_id"],
+                exc,
+            )
+            return "database_error"
         if bot is None or bot.tenant_id != event["tenant_id"]:
             return "unknown_bot"
         if bot.answer_backend != "onyx" or not bot.onyx_base_url or not bot.onyx_api_key:

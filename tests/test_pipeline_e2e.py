@@ -483,3 +483,46 @@ async def test_a_database_outage_delays_an_onyx_answer_instead_of_failing_it(pip
         if r["path"] == "/api/chat/send-chat-message" and r["key_sha256"] == _sha("key-db-outage")
     ]  # fmt: skip
     assert len(sends) == 1, sends
+
+
+async def test_a_database_outage_delays_feedback_instead_of_dropping_it(pipeline, monkeypatch):
+    """The feedback agent's bot lookup is refused twice: the 👎 still reaches Onyx. Before, the
+    first refused lookup dropped it (logged as a failed forward)."""
+    import asyncio
+    import dataclasses
+
+    from sqlalchemy.exc import OperationalError
+
+    bot = await _onyx_bot(pipeline, "key-db-feedback")
+    user = "15550000033"
+    meta = pipeline.meta(bot)
+    question = await meta.send_text(bot.phone_number_id, user, "How many vacation days do I get?")
+    await pipeline.wait_for(user, 2)
+    forwarder = pipeline.worker.ctx.resources["feedback_forwarder"]
+    config = forwarder.ctx.resources["config"]
+    refused: list[str] = []
+
+    class RefusingTwice:
+        """The feedback agent's view of the configuration: its first two lookups fail."""
+
+        def __getattr__(self, name: str):
+            return getattr(config, name)
+
+        async def bot(self, phone_number_id: str):
+            if len(refused) < 2:
+                refused.append(phone_number_id)
+                raise OperationalError("SELECT bots", {}, ConnectionRefusedError(111, "refused"))
+            return await config.bot(phone_number_id)
+
+    resources = {**forwarder.ctx.resources, "config": RefusingTwice()}
+    monkeypatch.setattr(forwarder, "ctx", dataclasses.replace(forwarder.ctx, resources=resources))
+    before = await pipeline.onyx("GET", "/_fake/feedback")
+    ref = request_id_for(bot.tenant_id, question)
+    await meta.send_button_reply(bot.phone_number_id, user, f"fb:{bot.tenant_id}:{ref}:down", "👎")
+    for _ in range(100):
+        feedback = await pipeline.onyx("GET", "/_fake/feedback")
+        if len(feedback) > len(before):
+            break
+        await asyncio.sleep(0.1)
+    assert len(refused) == 2, "the outage was never injected"
+    assert [f["is_positive"] for f in feedback if f not in before] == [False]

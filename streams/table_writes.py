@@ -12,12 +12,9 @@ that produced it is committed. RocksDB keeps the changelog offset it holds, as F
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from faust.types import TP
-
-log = logging.getLogger(__name__)
 
 
 class TableWriter:
@@ -44,11 +41,10 @@ class TableWriter:
             delivery.add_done_callback(self._persisted)
 
     def _persisted(self, delivery: Any) -> None:
-        if delivery.cancelled():  # the producer dropped it (it is stopping)
-            log.error("state changelog record cancelled by the producer")
-            return
-        if (exc := delivery.exception()) is not None:
-            log.error("state changelog record failed: %r", exc)
+        # a failed or dropped record is logged and counted by the delivery guard
+        # (streams.delivery_guard), which also stops the commits: here it only must not move
+        # the persisted offset, nor raise inside the producer's callback
+        if delivery.cancelled() or delivery.exception() is not None:
             return
         metadata = delivery.result()
         tp = TP(metadata.topic, metadata.partition)

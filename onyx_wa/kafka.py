@@ -132,7 +132,7 @@ class CachedPartitioner:
     100 bytes each); a full cache starts over.
     """
 
-    def __init__(self, size: int = 16_384) -> None:
+    def __init__(self, size: int = 8_192) -> None:
         self.size = size
         self._hashes: dict[bytes, int] = {}
         self._default = DefaultPartitioner()

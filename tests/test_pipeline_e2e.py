@@ -130,15 +130,22 @@ async def test_statuses_move_forward_only_and_failures_carry_their_code(pipeline
     name = t.full_name(t.OUTBOUND_RESULTS, pipeline.settings.topic_prefix)
     import asyncio
 
-    for _ in range(40):
-        results = [
+    async def results_so_far() -> list[dict]:
+        return [
             r
             for r in await read_topic(pipeline.settings, name, 0, 0.5)
             if r["wamid"] in (answer, buttons)
         ]
-        if len(results) >= 5:
+
+    for _ in range(40):
+        results = await results_so_far()
+        # both terminal: "read" for the answer (a "delivered" processed after it is dropped, so
+        # waiting for a fifth result could take the whole 30 s) and "failed" for the buttons
+        if {(answer, "read"), (buttons, "failed")} <= {(r["wamid"], r["status"]) for r in results}:
             break
         await asyncio.sleep(0.25)
+    await asyncio.sleep(1.0)  # anything still in flight (a backwards move) must show up below
+    results = await results_so_far()
     seen = [r["status"] for r in results if r["wamid"] == answer]
     # separate webhooks can be processed out of order (raw records are keyed by delivery id):
     # "delivered" may arrive after "read" and is then dropped; nothing ever moves backwards

@@ -1,4 +1,5 @@
-"""Codec benchmark: Avro encode/decode of an InboundMessage vs json.dumps/loads of the same dict.
+"""Codec benchmark: Avro encode/decode of an InboundMessage vs json.dumps/loads of the same dict,
+and the ClassifiedMessage that embeds it encoded spliced (its body reused) vs whole.
 
 Why a same-run baseline: absolute microseconds depend on the machine and on whatever else runs
 on it; the ratio to the stdlib JSON round trip of the same dict, measured in the same process
@@ -51,6 +52,17 @@ MESSAGE: dict[str, Any] = {
 }
 
 
+CLASSIFIED_HEAD: dict[str, Any] = {
+    "kind": "question",
+    "question": MESSAGE["text"],
+    "command": None,
+    "command_arg": None,
+    "feedback_positive": None,
+    "feedback_target": None,
+    "reason": None,
+}
+
+
 def _per_record_us(fn: Callable[[], Any], n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
@@ -66,7 +78,16 @@ def run(n: int = 50_000, rounds: int = 5) -> dict[str, Any]:
     if codec.decode(data) != MESSAGE:  # never benchmark a codec that is wrong
         raise RuntimeError("codec round trip changed the record")
 
-    samples: dict[str, list[float]] = {k: [] for k in ("encode", "unchecked", "decode", "json")}
+    # the classified message embeds the inbound one: the conversation stage sends it spliced
+    # (the inbound body reused), measured against encoding the whole record
+    classified = {**CLASSIFIED_HEAD, "message": codec.decode(data)}
+    if codec.encode_spliced("ClassifiedMessage", classified, data) != codec.encode(
+        "ClassifiedMessage", classified
+    ):
+        raise RuntimeError("the spliced encoding differs from the plain one")
+
+    kinds = ("encode", "unchecked", "decode", "json", "spliced", "classified")
+    samples: dict[str, list[float]] = {k: [] for k in kinds}
     gc_was_enabled = gc.isenabled()
     gc.disable()  # collections would land in whichever loop happens to be running
     try:
@@ -80,6 +101,14 @@ def run(n: int = 50_000, rounds: int = 5) -> dict[str, Any]:
             samples["json"].append(
                 _per_record_us(lambda: json.loads(json.dumps(MESSAGE, default=str)), n)
             )
+            samples["classified"].append(
+                _per_record_us(lambda: codec.encode("ClassifiedMessage", classified), n)
+            )
+            samples["spliced"].append(
+                _per_record_us(
+                    lambda: codec.encode_spliced("ClassifiedMessage", classified, data), n
+                )
+            )
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -91,6 +120,8 @@ def run(n: int = 50_000, rounds: int = 5) -> dict[str, Any]:
         e + d for e, d in zip(samples["encode"], samples["decode"], strict=True)
     )
     json_us = statistics.median(samples["json"])
+    classified_us = statistics.median(samples["classified"])
+    spliced_us = statistics.median(samples["spliced"])
     result = {
         "record": RECORD,
         "records_per_round": n,
@@ -104,13 +135,18 @@ def run(n: int = 50_000, rounds: int = 5) -> dict[str, Any]:
         "records_per_s_encode_decode": round(1e6 / round_trip_us),
         "bytes_avro": len(data),
         "bytes_json": len(text.encode()),
+        "classified_encode_us_median": round(classified_us, 2),
+        "classified_spliced_us_median": round(spliced_us, 2),
+        "spliced_ratio": round(spliced_us / classified_us, 2),
     }
     print(
         f"codec {RECORD}: encode {encode_us:.1f} µs (unvalidated {unchecked_us:.1f}), "
         f"decode {decode_us:.1f} µs, encode+decode {round_trip_us:.1f} µs/record "
         f"(~{result['records_per_s_encode_decode']:,}/s)\n"
         f"baseline json.dumps+loads {json_us:.1f} µs → ratio {round_trip_us / json_us:.2f}; "
-        f"size {len(data)} B Avro vs {len(text.encode())} B JSON",
+        f"size {len(data)} B Avro vs {len(text.encode())} B JSON\n"
+        f"ClassifiedMessage (embeds it): spliced {spliced_us:.1f} µs vs encoded whole "
+        f"{classified_us:.1f} µs → ratio {spliced_us / classified_us:.2f}",
         flush=True,
     )
     return result

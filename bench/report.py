@@ -40,6 +40,13 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"json.dumps+loads {_n(c.get('json_baseline_us_median'), 1, ' µs')}",
             f"{_n(c.get('ratio_vs_json'), 2)}× the time",
         ))  # fmt: skip
+        if c.get("classified_spliced_us_median") is not None:
+            out.append((
+                "codec: ClassifiedMessage encoded spliced (the embedded inbound body reused)",
+                _n(c.get("classified_spliced_us_median"), 1, " µs"),
+                f"encoded whole {_n(c.get('classified_encode_us_median'), 1, ' µs')}",
+                f"{_n(c.get('spliced_ratio'), 2)}× the time",
+            ))  # fmt: skip
     f = results.get("format")
     if f:
         out.append((

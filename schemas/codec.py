@@ -490,6 +490,35 @@ class _Head(NamedTuple):
     tail_field: str
 
 
+def _framed(
+    record_name: str,
+    version: _Version,
+    parsed: Any,
+    check: Check,
+    record: Mapping[str, Any],
+    validate: bool,
+) -> bytes:
+    """``version``'s header and ``record``'s body written with ``parsed``, checked with
+    ``check`` first when ``validate``. A writer error is explained by the check (the field)."""
+    if validate:
+        try:
+            check(record)
+        except _Mismatch as exc:
+            raise CodecError(f"cannot encode {record_name}: {exc.describe()}") from None
+    out = io.BytesIO()
+    out.write(version.header)
+    try:
+        fastavro.schemaless_writer(out, parsed, record, strict_allow_default=True)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        try:
+            check(record)
+            problem = f"{type(exc).__name__} from the Avro writer"
+        except _Mismatch as mismatch:
+            problem = mismatch.describe()
+        raise CodecError(f"cannot encode {record_name}: {problem}") from None
+    return out.getvalue()
+
+
 def _canonical(schema: Any) -> str:
     return to_parsing_canonical_form(fastavro.parse_schema(schema, named_schemas={}))
 
@@ -582,23 +611,8 @@ class AvroCodec:
         """Frame and encode ``record``. ``validate=False`` skips the compiled check for records
         built by trusted code on a hot path (fastavro still rejects structurally wrong ones)."""
         version = self._version(record_name)
-        if self.validate if validate is None else validate:
-            try:
-                version.check(record)
-            except _Mismatch as exc:
-                raise CodecError(f"cannot encode {record_name}: {exc.describe()}") from None
-        out = io.BytesIO()
-        out.write(version.header)
-        try:
-            fastavro.schemaless_writer(out, version.parsed, record, strict_allow_default=True)
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
-            try:
-                version.check(record)
-                problem = f"{type(exc).__name__} from the Avro writer"
-            except _Mismatch as mismatch:
-                problem = mismatch.describe()
-            raise CodecError(f"cannot encode {record_name}: {problem}") from None
-        return out.getvalue()
+        checked = self.validate if validate is None else validate
+        return _framed(record_name, version, version.parsed, version.check, record, checked)
 
     def encode_spliced(
         self, record_name: str, record: Mapping[str, Any], framed_tail: bytes
@@ -619,19 +633,8 @@ class AvroCodec:
         if head is None:
             return self.encode(record_name, dict(record))
         fields = {k: v for k, v in record.items() if k != head.tail_field}
-        if self.validate:
-            try:
-                head.check(fields)
-            except _Mismatch as exc:
-                raise CodecError(f"cannot encode {record_name}: {exc.describe()}") from None
-        out = io.BytesIO()
-        out.write(version.header)
-        try:
-            fastavro.schemaless_writer(out, head.parsed, fields, strict_allow_default=True)
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
-            raise CodecError(f"cannot encode {record_name}: {type(exc).__name__}") from None
-        out.write(memoryview(framed_tail)[HEADER_SIZE:])
-        return out.getvalue()
+        head_bytes = _framed(record_name, version, head.parsed, head.check, fields, self.validate)
+        return head_bytes + memoryview(framed_tail)[HEADER_SIZE:]
 
     def _head(self, pair: tuple[int, int], version: _Version, tail: _Version) -> _Head | None:
         """The schema of ``version`` without its last field, if that field's binary layout is

@@ -48,31 +48,27 @@ class TenantQuota:
     ) -> str | None:
         """Like :meth:`allow`, but names the spent window ("minute" or "day"), None if allowed."""
         now_s = now_ms // 1000
-        minute = (tenant_id, "minute", now_s - now_s % WINDOWS["minute"])
-        day = (tenant_id, "day", now_s - now_s % WINDOWS["day"])
+        windows = [
+            ((tenant_id, window, now_s - now_s % seconds), limit)
+            for (window, seconds), limit in zip(WINDOWS.items(), (per_minute, per_day), strict=True)
+        ]
         leases = self._leases
-        if leases.get(minute, 0) > 0 and leases.get(day, 0) > 0:
+        if all(leases.get(key, 0) > 0 for key, _ in windows):
             # the common case, without the lock: nothing is awaited between the check and the
             # take, and the locked path below awaits only while one of these leases is empty
-            leases[minute] -= 1
-            leases[day] -= 1
+            for key, _ in windows:
+                leases[key] -= 1
             return None
         lock = self._locks.get(tenant_id)
         if lock is None:
             lock = self._locks[tenant_id] = asyncio.Lock()
         async with lock:
-            keys = [
-                (tenant_id, window, now_s - now_s % seconds, limit)
-                for (window, seconds), limit in zip(
-                    WINDOWS.items(), (per_minute, per_day), strict=True
-                )
-            ]
             self._forget_old_windows(now_s)
-            for tenant, window, start, limit in keys:
+            for (tenant, window, start), limit in windows:
                 if not await self._ensure_lease(tenant, window, start, limit):
                     return window
-            for tenant, window, start, _ in keys:
-                self._leases[(tenant, window, start)] -= 1
+            for key, _ in windows:
+                leases[key] -= 1
             return None
 
     async def _ensure_lease(self, tenant: str, window: str, start: int, limit: int) -> bool:

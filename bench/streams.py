@@ -332,7 +332,6 @@ class Users:
 class Contender:
     """One app under test: its process, the sink on its last topic, and where to send."""
 
-    name: str
     child: Child
     sink: Sink
     raw_topic: str
@@ -371,7 +370,7 @@ async def _start(child: Child, settings: Any, last_topic: str, **kw: Any) -> Con
     except BaseException:
         child.stop()
         raise
-    return Contender(child.name, child, sink, ready_s=ready_s, **kw)
+    return Contender(child, sink, ready_s=ready_s, **kw)
 
 
 async def _start_baseline(base: Any) -> Contender:
@@ -428,7 +427,7 @@ async def _paired_rounds(
     """Alternating bursts, baseline then pipeline; the median rounds and the paired ratios."""
     base_rounds: list[dict[str, Any]] = []
     pipe_rounds: list[dict[str, Any]] = []
-    for i in range(max(cfg.rounds, 1)):
+    for i in range(cfg.rounds):
         base_rounds.append(await baseline.burst(producer, pnid, users.take(cfg.n)))
         pipe_rounds.append(await pipe.burst(producer, pnid, users.take(cfg.n)))
         ratio = pipe_rounds[-1]["events_per_s"] / base_rounds[-1]["events_per_s"]
@@ -504,7 +503,7 @@ async def _pipeline(
                 )
             out["baseline"]["rss_mb"] = baseline.child.rss()
             await baseline.stop()  # the memory fill below runs alone
-            live += max(cfg.rounds, 1) * cfg.n
+            live += cfg.rounds * cfg.n
         else:
             out["throughput"] = await pipe.burst(producer, pnid, users.take(cfg.n))
             live += cfg.n
@@ -644,7 +643,7 @@ def run(
         else tuple(s.strip() for s in env_stores.split(",") if s.strip()),
         chunk=chunk if chunk is not None else _env_int("CHUNK", 20_000),
         warmup=warmup,
-        rounds=rounds if rounds is not None else _env_int("ROUNDS", 3),
+        rounds=max(1, rounds if rounds is not None else _env_int("ROUNDS", 3)),
     )
     return asyncio.run(_run(cfg))
 

@@ -25,7 +25,7 @@ from onyx_wa.kafka import CachedPartitioner, faust_broker_settings
 from onyx_wa.settings import Settings
 from schemas.codec import get_codec
 from schemas.faust_codec import register_faust_codecs
-from streams import delivery_guard, offset_guard
+from streams import delivery_guard, eager_delivery, offset_guard
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def build_app(
         table_standby_replicas=0,
     )
     offset_guard.install(app)
+    eager_delivery.install(app)
     delivery_guard.install(app)
     ctx = StageContext(settings=settings, topics=Topics(app, settings), resources=dict(resources))
     if "streams" in roles:

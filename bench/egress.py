@@ -54,7 +54,24 @@ async def bucket_precision(rate: float, seconds: float = 3.0) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def _run(n: int, concurrency: int) -> dict[str, Any]:
+async def _floors(
+    settings: Any, http: aiohttp.ClientSession, base: str, topic: str, n: int, concurrency: int
+) -> dict[str, float]:
+    """Sends/s of the two floors (``bench.egress_floors``) on the worker's backlog."""
+    from bench.egress_floors import aiokafka_floor, faust_floor, poster
+    from egress.stage import SEND_WINDOW_FACTOR
+
+    post = poster(http, base, settings.graph_api_version, "a", concurrency)
+    window = SEND_WINDOW_FACTOR * concurrency
+    rates: dict[str, float] = {}
+    for name, floor in (("faust", faust_floor), ("aiokafka", aiokafka_floor)):
+        rates[name] = await floor(settings, topic, n, post, lambda: _count(http, base), window)
+        async with http.delete(f"{base}/_sim/messages"):
+            pass
+    return rates
+
+
+async def _run(n: int, concurrency: int, with_floors: bool = True) -> dict[str, Any]:
     from onyx_wa.bots import add_bot
     from onyx_wa.kafka import ensure_pipeline_topics, start_producer
     from schemas.codec import get_codec
@@ -143,6 +160,9 @@ async def _run(n: int, concurrency: int) -> dict[str, Any]:
                 pass
             baseline_after = await bare_client()
             baseline = (baseline_before + baseline_after) / 2
+            floors = (
+                await _floors(settings, http, base, topic, n, concurrency) if with_floors else {}
+            )
         p80 = await bucket_precision(80)
         p1000 = await bucket_precision(1000)
         result = {
@@ -151,6 +171,8 @@ async def _run(n: int, concurrency: int) -> dict[str, Any]:
             "bare_client_sends_per_s": round(baseline, 1),
             "bare_client_runs": [round(baseline_before, 1), round(baseline_after, 1)],
             "ratio": round(worker_rate / baseline, 2),
+            **{f"floor_{name}_sends_per_s": round(rate, 1) for name, rate in floors.items()},
+            **{f"floor_{name}_ratio": round(rate / baseline, 2) for name, rate in floors.items()},
             "bucket_80_achieved": round(p80, 2),
             "bucket_1000_achieved": round(p1000, 2),
         }
@@ -160,6 +182,13 @@ async def _run(n: int, concurrency: int) -> dict[str, Any]:
             f"1000/s → {p1000:.1f}/s",
             flush=True,
         )
+        for name, rate in floors.items():
+            print(
+                f"  floor ({name}: consume, decode, post, ack; nothing else): {rate:.0f} sends/s, "
+                f"ratio {rate / baseline:.2f} to the bare client; the worker reaches "
+                f"{worker_rate / rate:.2f} of it",
+                flush=True,
+            )
         return result
     finally:
         sim.terminate()

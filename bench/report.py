@@ -89,6 +89,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"bare Faust 2 hops: {_n(base['events_per_s'])} events/s",
                 f"{ratio}, {how} (goal 0.6){_verdict(ratio >= 0.6)}",
             ))  # fmt: skip
+            eager = s.get("baseline_eager")
+            if i == 0 and eager and "ratio_like_for_like" in s:
+                out.append((
+                    f"streams: like for like, {store} store",
+                    "the same pipeline rounds",
+                    f"bare Faust 2 hops with the worker's eager delivery: "
+                    f"{_n(eager['throughput']['events_per_s'])} events/s",
+                    f"{s['ratio_like_for_like']}, median of "
+                    f"{len(eager.get('paired_ratios', []))} paired rounds (what this pipeline's "
+                    "own work costs; no goal)",
+                ))  # fmt: skip
             goal = 400 if store == "memory" else 200
             rss = row["rss_final_mb"].get("VmRSS")
             out.append((
@@ -119,6 +130,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"bare aiohttp client: {_n(e.get('bare_client_sends_per_s'))} sends/s",
             f"{_n(e.get('ratio'), 2)} (goal 0.7){_verdict((e.get('ratio') or 0) >= 0.7)}",
         ))  # fmt: skip
+        for name, what in (("faust", "a bare Faust agent"), ("aiokafka", "a plain aiokafka loop")):
+            if e.get(f"floor_{name}_sends_per_s") is None:
+                continue
+            out.append((
+                f"egress floor: {what} that only consumes, decodes, posts and acks",
+                f"{_n(e.get(f'floor_{name}_sends_per_s'))} sends/s",
+                f"bare aiohttp client: {_n(e.get('bare_client_sends_per_s'))} sends/s",
+                f"{_n(e.get(f'floor_{name}_ratio'), 2)}: the most any sender on it can reach",
+            ))  # fmt: skip
         out.append((
             "egress: token bucket precision",
             f"{_n(e.get('bucket_80_achieved'), 2)}/s at 80/s; "

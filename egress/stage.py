@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 import faust
+import orjson
 from aiokafka.errors import KafkaError, ProducerClosed
 from faust.exceptions import NotReady
 from faust.types import TP
@@ -217,7 +218,13 @@ class RecordBatches:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON, as Faust's ``json`` codec writes it (orjson: ~5% of the sender's CPU was
+    ``json.dumps`` of these marks). Anything orjson refuses (a non-string key, an integer over
+    64 bits) goes through ``json``; both read back the same with the table's codec."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class Sender:

@@ -36,6 +36,13 @@ def test_changelog_bytes_match_fausts_codecs(tmp_path) -> None:
     assert app.serializers.loads_value(None, faust_value, serializer="json") == value
 
 
+def test_changelog_bytes_for_what_orjson_refuses_come_from_json() -> None:
+    """A non-string key or an integer over 64 bits still gives the bytes Faust reads back."""
+    assert _json_bytes({1: "x"}) == b'{"1":"x"}'
+    assert _json_bytes({"n": 2**70}) == b'{"n":1180591620717411303424}'
+    assert _json_bytes({"state": "sent", "at": 1}) == b'{"state":"sent","at":1}'
+
+
 @dataclass
 class FakeBuilder:
     capacity: int

@@ -202,6 +202,22 @@ async def test_non_meta_answers(
     assert TOKEN not in str(err) and TOKEN not in err.message and TOKEN not in (err.details or "")
 
 
+async def test_an_answer_only_the_lenient_parser_reads_is_still_read() -> None:
+    """orjson parses the answers first; JSON it refuses and ``json`` reads (NaN here) must not
+    turn an accepted send into an error (the message would be retried: sent twice)."""
+
+    async def nan_200(_: web.Request) -> web.Response:
+        body = '{"messages":[{"id":"wamid.LENIENT"}],"latency":NaN}'
+        return web.Response(text=body, content_type="application/json")
+
+    async with serve(hostile(nan_200)) as base:
+        client = GraphClient(base)
+        try:
+            assert await client.send_message("1004", TOKEN, text()) == "wamid.LENIENT"
+        finally:
+            await client.aclose()
+
+
 async def test_timeout_and_connection_refused_are_retry() -> None:
     async def slow(_: web.Request) -> web.Response:
         await asyncio.sleep(2)

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,12 @@ async def _floors(
     post = poster(http, base, settings.graph_api_version, "a", concurrency)
     window = SEND_WINDOW_FACTOR * concurrency
     rates: dict[str, float] = {}
-    for name, floor in (("faust", faust_floor), ("aiokafka", aiokafka_floor)):
+    floors = {
+        "faust": faust_floor,
+        "faust_eager": partial(faust_floor, eager=True),
+        "aiokafka": aiokafka_floor,
+    }
+    for name, floor in floors.items():
         rates[name] = await floor(settings, topic, n, post, lambda: _count(http, base), window)
         async with http.delete(f"{base}/_sim/messages"):
             pass

@@ -8,7 +8,9 @@ the same simulator:
 
 - ``faust``: one Faust agent with the sender's skeleton (``egress.stage``: a ``noack`` stream,
   a task per message within a window, HTTP slots, the ack after the post) and nothing else:
-  no durable marks, no results, no table, no retries, no throttle, no chat locks.
+  no durable marks, no results, no table, no retries, no throttle, no chat locks. Stock Faust.
+- ``faust_eager``: the same on the worker's consumer, which delivers records to the stream
+  eagerly (``streams.eager_delivery``).
 - ``aiokafka``: the same without Faust: a plain consumer's ``getmany``, a task per record,
   offsets auto-committed every second (Faust's commit interval here).
 
@@ -74,12 +76,13 @@ async def _wait_ready(ready: Callable[[], bool], what: str) -> None:
 
 
 async def faust_floor(
-    settings: Any, topic: str, n: int, post: Post, count: Count, window: int
+    settings: Any, topic: str, n: int, post: Post, count: Count, window: int, *, eager: bool = False
 ) -> float:
     """Sends/s of a bare Faust agent shaped like the sender (see the module docstring)."""
     import faust
 
     from onyx_wa.kafka import faust_broker_settings, patch_faust_for_tansu
+    from streams import eager_delivery
 
     if settings.tansu:
         patch_faust_for_tansu()
@@ -92,6 +95,8 @@ async def faust_floor(
         autodiscover=False,
         table_standby_replicas=0,
     )
+    if eager:
+        eager_delivery.install(app)
     source = app.topic(
         topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
     )

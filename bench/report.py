@@ -130,7 +130,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"bare aiohttp client: {_n(e.get('bare_client_sends_per_s'))} sends/s",
             f"{_n(e.get('ratio'), 2)} (goal 0.7){_verdict((e.get('ratio') or 0) >= 0.7)}",
         ))  # fmt: skip
-        for name, what in (("faust", "a bare Faust agent"), ("aiokafka", "a plain aiokafka loop")):
+        floors = (
+            ("faust", "a bare Faust agent"),
+            ("faust_eager", "the same on the worker's eager-delivery consumer"),
+            ("aiokafka", "a plain aiokafka loop"),
+        )
+        for name, what in floors:
             if e.get(f"floor_{name}_sends_per_s") is None:
                 continue
             out.append((

@@ -131,15 +131,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{_n(e.get('ratio'), 2)} (goal 0.7){_verdict((e.get('ratio') or 0) >= 0.7)}",
         ))  # fmt: skip
         floors = (
-            ("faust", "a bare Faust agent"),
-            ("faust_eager", "the same on the worker's eager-delivery consumer"),
+            ("faust", "a stock Faust agent"),
+            ("faust_eager", "a Faust agent on the worker's eager-delivery consumer"),
             ("aiokafka", "a plain aiokafka loop"),
         )
         for name, what in floors:
             if e.get(f"floor_{name}_sends_per_s") is None:
                 continue
             out.append((
-                f"egress floor: {what} that only consumes, decodes, posts and acks",
+                f"egress floor, {what}: consume, decode, post, ack, nothing else",
                 f"{_n(e.get(f'floor_{name}_sends_per_s'))} sends/s",
                 f"bare aiohttp client: {_n(e.get('bare_client_sends_per_s'))} sends/s",
                 f"{_n(e.get(f'floor_{name}_ratio'), 2)}: the most any sender on it can reach",

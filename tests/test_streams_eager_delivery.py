@@ -112,3 +112,72 @@ async def test_nothing_changes_once_the_flow_is_suspended() -> None:
     await drainer.wait_first(callback(), drainer.suspend_flow.wait())
     await asyncio.sleep(0)
     assert ran_in and ran_in[0] is not caller
+
+
+# --- the real broker ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_full_stream_buffer_still_delivers_every_record_once_in_order(kafka, monkeypatch):
+    """A slow agent behind a 4-event buffer: the conductor's put suspends on a full queue, so
+    the drain loop's callback takes the fallback path (resumed in a task, racing the events)
+    again and again; every record must still reach the agent once, in offset order. (That a
+    resumed callback runs to its end is proven above: Faust's conductor schedules the blocked
+    put in a task of its own, so this test alone would not see a callback cut short.)"""
+    import faust
+
+    from onyx_wa.kafka import faust_broker_settings, start_producer
+    from streams import eager_delivery, offset_guard
+
+    resumed = 0
+
+    class CountingResume(eager_delivery._Resume):
+        def __init__(self, coro: Any, first: Any) -> None:
+            nonlocal resumed
+            resumed += 1
+            super().__init__(coro, first)
+
+    monkeypatch.setattr(eager_delivery, "_Resume", CountingResume)
+    settings = kafka.settings()
+    topic_name = f"{settings.topic_prefix}.eager-backpressure"
+    await kafka.create_topics({topic_name: 1})
+    app = faust.App(
+        f"{settings.topic_prefix}-eager",
+        **faust_broker_settings(settings),
+        web_enabled=False,
+        autodiscover=False,
+        stream_buffer_maxsize=4,
+    )
+    if kafka.embedded:
+        from onyx_wa.kafka import patch_faust_for_tansu
+
+        patch_faust_for_tansu()
+    offset_guard.install(app)
+    eager_delivery.install(app)
+    assert isinstance(app.consumer, EagerDelivery)
+    topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw", partitions=1)
+    total = 150
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    @app.agent(topic)
+    async def consume(stream: Any) -> None:
+        async for event in stream.events():
+            await asyncio.sleep(0.002)  # slower than the fetch: the buffer stays full
+            seen.append(int(event.value))
+            if len(seen) >= total:
+                done.set()
+
+    producer = await start_producer(settings)
+    try:
+        for i in range(total):
+            await producer.send(topic_name, f"{i}".encode(), key=b"k")
+        await producer.flush()
+        await app.start()
+        await asyncio.wait_for(done.wait(), 60)
+        await asyncio.sleep(0.3)  # nothing more may arrive
+    finally:
+        await producer.stop()
+        await app.stop()
+    assert seen == list(range(total))
+    assert resumed > 0, resumed  # the fallback path ran (and the test exercised it)

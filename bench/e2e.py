@@ -479,19 +479,13 @@ async def serve_baseline_ingress(port: int, stop: asyncio.Event) -> None:
 
 async def serve_baseline_worker(port: int, stop: asyncio.Event) -> None:
     """Bare Faust: four agents forwarding bytes b0 → b4, one posting the reply (same hops)."""
-    import faust
     from aiohttp import web
 
-    from onyx_wa.kafka import faust_broker_settings, patch_faust_for_tansu
+    from bench.bare_faust import bare_app
     from onyx_wa.settings import load_settings
 
     settings = load_settings()
-    if settings.tansu:
-        patch_faust_for_tansu()
-    app = faust.App(
-        "e2ebase-worker", **faust_broker_settings(settings), store="memory://",
-        datadir=str(settings.data_dir / "e2ebase"), web_enabled=False, autodiscover=False,
-    )  # fmt: skip
+    app = bare_app(settings, "e2ebase-worker", "e2ebase")
     topics = [
         app.topic(f"e2ebase.{n}", key_serializer="raw", value_serializer="raw", internal=False)
         for n in BASE_TOPICS

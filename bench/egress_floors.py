@@ -79,24 +79,11 @@ async def faust_floor(
     settings: Any, topic: str, n: int, post: Post, count: Count, window: int, *, eager: bool = False
 ) -> float:
     """Sends/s of a bare Faust agent shaped like the sender (see the module docstring)."""
-    import faust
+    from bench.bare_faust import bare_app
 
-    from onyx_wa.kafka import faust_broker_settings, patch_faust_for_tansu
-    from streams import eager_delivery
-
-    if settings.tansu:
-        patch_faust_for_tansu()
-    app = faust.App(
-        f"bench-egress-floor-{uuid.uuid4().hex[:8]}",
-        **faust_broker_settings(settings),
-        store="memory://",
-        datadir=str(settings.data_dir / "faust-floor"),
-        web_enabled=False,
-        autodiscover=False,
-        table_standby_replicas=0,
+    app = bare_app(
+        settings, f"bench-egress-floor-{uuid.uuid4().hex[:8]}", "faust-floor", eager=eager
     )
-    if eager:
-        eager_delivery.install(app)
     source = app.topic(
         topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
     )

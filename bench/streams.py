@@ -730,26 +730,11 @@ async def serve_baseline(
     """A bare Faust app: raw → t1 → t2, bytes in and out, same broker settings as the worker.
 
     ``eager``: its consumer delivers like the worker's (``streams.eager_delivery``)."""
-    import faust
     from aiohttp import web
 
-    from onyx_wa.kafka import faust_broker_settings, patch_faust_for_tansu
+    from bench.bare_faust import bare_app
 
-    if settings.tansu:
-        patch_faust_for_tansu()
-    app = faust.App(
-        f"{settings.topic_prefix}-app",
-        **faust_broker_settings(settings),
-        store="memory://",
-        datadir=str(settings.data_dir / "faust-baseline"),
-        web_enabled=False,
-        autodiscover=False,
-        table_standby_replicas=0,
-    )
-    if eager:
-        from streams import eager_delivery
-
-        eager_delivery.install(app)
+    app = bare_app(settings, f"{settings.topic_prefix}-app", "faust-baseline", eager=eager)
     raw, t1_name, t2_name = baseline_topics(settings)
 
     def topic(name: str) -> Any:

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from onyx_wa.kafka import committed_offsets, faust_broker_settings, start_producer
+from onyx_wa.kafka import committed_offsets, start_producer
 from onyx_wa.prometheus_helpers import sum_samples
 from streams import delivery_guard, offset_guard
 from streams.delivery_guard import GuardedProducer, RecordsNotDelivered
@@ -44,13 +44,7 @@ async def read_values(bootstrap: str, topic: str) -> list[bytes]:
 
 
 def forwarding_app(kafka: Any, name: str, source: str, sink: str, guard: bool) -> faust.App:
-    app = faust.App(
-        name, **faust_broker_settings(kafka.settings()), web_enabled=False, autodiscover=False
-    )
-    if kafka.embedded:
-        from onyx_wa.kafka import patch_faust_for_tansu
-
-        patch_faust_for_tansu()
+    app = kafka.faust_app(name)
     if guard:
         offset_guard.install(app)
         delivery_guard.install(app)

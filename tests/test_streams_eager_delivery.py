@@ -124,9 +124,8 @@ async def test_a_full_stream_buffer_still_delivers_every_record_once_in_order(ka
     again and again; every record must still reach the agent once, in offset order. (That a
     resumed callback runs to its end is proven above: Faust's conductor schedules the blocked
     put in a task of its own, so this test alone would not see a callback cut short.)"""
-    import faust
 
-    from onyx_wa.kafka import faust_broker_settings, start_producer
+    from onyx_wa.kafka import start_producer
     from streams import eager_delivery, offset_guard
 
     resumed = 0
@@ -141,17 +140,7 @@ async def test_a_full_stream_buffer_still_delivers_every_record_once_in_order(ka
     settings = kafka.settings()
     topic_name = f"{settings.topic_prefix}.eager-backpressure"
     await kafka.create_topics({topic_name: 1})
-    app = faust.App(
-        f"{settings.topic_prefix}-eager",
-        **faust_broker_settings(settings),
-        web_enabled=False,
-        autodiscover=False,
-        stream_buffer_maxsize=4,
-    )
-    if kafka.embedded:
-        from onyx_wa.kafka import patch_faust_for_tansu
-
-        patch_faust_for_tansu()
+    app = kafka.faust_app(f"{settings.topic_prefix}-eager", stream_buffer_maxsize=4)
     offset_guard.install(app)
     eager_delivery.install(app)
     assert isinstance(app.consumer, EagerDelivery)

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from onyx_wa.kafka import committed_offsets, faust_broker_settings, start_producer
+from onyx_wa.kafka import committed_offsets, start_producer
 from onyx_wa.metrics import CONSUMER_LOST_RECORDS, SKIPPED_RECORDS
 from streams import offset_guard
 from streams.offset_guard import PIN_TIMEOUT_S, GuardedConsumer
@@ -183,16 +183,7 @@ async def run_forced_skip(kafka: Any, guard: bool) -> tuple[set[int], int | None
     settings = kafka.settings()
     topic_name = f"{settings.topic_prefix}.skip-{'guarded' if guard else 'plain'}"
     await kafka.create_topics({topic_name: 1})
-    app = faust.App(
-        f"{settings.topic_prefix}-skip-{'guarded' if guard else 'plain'}",
-        **faust_broker_settings(settings),
-        web_enabled=False,
-        autodiscover=False,
-    )
-    if kafka.embedded:
-        from onyx_wa.kafka import patch_faust_for_tansu
-
-        patch_faust_for_tansu()
+    app = kafka.faust_app(f"{settings.topic_prefix}-skip-{'guarded' if guard else 'plain'}")
     if guard:
         offset_guard.install(app)
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw", partitions=1)

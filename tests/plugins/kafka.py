@@ -72,6 +72,23 @@ class KafkaForTest:
     async def create_topics(self, topics: dict[str, int]) -> None:
         await ensure_topics(self.bootstrap_servers, topics)
 
+    def faust_app(self, app_id: str, **conf: Any) -> Any:
+        """A stock Faust app on this broker (the embedded broker's fix-ups applied), without
+        this project's guards: a test installs what it is about."""
+        import faust
+
+        from onyx_wa.kafka import faust_broker_settings, patch_faust_for_tansu
+
+        if self.embedded:
+            patch_faust_for_tansu()
+        return faust.App(
+            app_id,
+            **faust_broker_settings(self.settings()),
+            web_enabled=False,
+            autodiscover=False,
+            **conf,
+        )
+
 
 def _docker_engine_answers() -> bool:
     try:

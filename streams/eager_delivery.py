@@ -13,7 +13,9 @@ eagerly took that agent from 2,140 to 2,601 sends/s here (+22%; +27% in a second
 is returned exactly as ``wait_first`` would return it. If it suspends (a stream's queue is full,
 or the producer's buffer is above its high-water mark: backpressure), the started coroutine is
 handed to mode's ``wait_first`` as before, so a rebalance (``suspend_flow``), a stop or a crash
-still interrupts it. When any of those events is already set, nothing changes at all.
+still interrupts it. When any of those events is already set, nothing changes at all. The first
+step runs in the drain loop's own task, so in its context: the conductor's callback sets no
+context variables.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class _Resume:
         while True:
             try:
                 sent = yield value
-            except BaseException as exc:  # noqa: BLE001 - forwarded, not handled
+            except BaseException as exc:  # noqa: BLE001 - forwarded, GeneratorExit included
                 try:
                     value = coro.throw(exc)
                 except StopIteration as stop:

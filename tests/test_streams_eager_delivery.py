@@ -170,3 +170,25 @@ async def test_a_full_stream_buffer_still_delivers_every_record_once_in_order(ka
         await app.stop()
     assert seen == list(range(total))
     assert resumed > 0, resumed  # the fallback path ran (and the test exercised it)
+
+
+async def test_an_abandoned_resume_closes_its_coroutine() -> None:
+    """A fallback awaitable dropped before it finished (its task destroyed) must close the
+    callback's coroutine, not leave it suspended forever."""
+    from streams.eager_delivery import _Resume
+
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    closed: list[bool] = []
+
+    async def callback() -> None:
+        try:
+            await never
+        finally:
+            closed.append(True)
+
+    coro = callback()
+    first = coro.send(None)  # suspended on the future, as a blocked put would be
+    waiter = _Resume(coro, first).__await__()
+    assert next(waiter) is first
+    waiter.close()
+    assert closed == [True]

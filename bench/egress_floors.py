@@ -2,7 +2,7 @@
 
 Why: the goal compares the egress worker with a bare aiohttp client that posts JSON it holds in
 memory. A sender must also consume the outbound topic, decode each record's Avro and
-acknowledge it, which the bare client never does. Two floors measure that minimum in the same
+acknowledge it, which the bare client never does. Three floors measure that minimum in the same
 run, on the same backlog (each in its own consumer group, from the earliest offset), against
 the same simulator:
 
@@ -14,9 +14,9 @@ the same simulator:
 - ``aiokafka``: the same without Faust: a plain consumer's ``getmany``, a task per record,
   offsets auto-committed every second (Faust's commit interval here).
 
-Both decode the record and post its ``payload_json`` as the worker does, and read the answer's
-JSON (the wamid the worker keeps). Neither is durable or exactly-once: they are lower bounds on
-the cost, not senders. If a floor's ratio to the bare client is below the goal, no sender built
+Each decodes the record and posts its ``payload_json`` as the worker does, and reads the answer's
+JSON (the wamid the worker keeps). None is durable or exactly-once: they are lower bounds on the
+cost, not senders. If a floor's ratio to the bare client is below the goal, no sender built
 on that floor can reach the goal on this machine.
 """
 
@@ -62,12 +62,14 @@ def poster(
     return post
 
 
-async def _until_sent(n: int, count: Count) -> None:
+async def until_sent(n: int, count: Count) -> None:
+    """Until the simulator has counted ``n`` messages."""
     while await count() < n:
         await asyncio.sleep(0.02)
 
 
-async def _wait_ready(ready: Callable[[], bool], what: str) -> None:
+async def wait_ready(ready: Callable[[], bool], what: str) -> None:
+    """Until ``ready()`` (a consumer has its partitions): where a sender's clock starts."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not ready():
         if time.monotonic() > deadline:
@@ -80,6 +82,7 @@ async def faust_floor(
 ) -> float:
     """Sends/s of a bare Faust agent shaped like the sender (see the module docstring)."""
     from bench.bare_faust import bare_app
+    from streams.worker import app_ready
 
     app = bare_app(
         settings, f"bench-egress-floor-{uuid.uuid4().hex[:8]}", "faust-floor", eager=eager
@@ -109,17 +112,11 @@ async def faust_floor(
             pending.add(task)
             task.add_done_callback(pending.discard)
 
-    def ready() -> bool:
-        try:
-            return not app.rebalancing and bool(app.consumer.assignment())
-        except Exception:
-            return False
-
     await app.start()
     try:
-        await _wait_ready(ready, "the Faust floor")
+        await wait_ready(lambda: app_ready(app), "the Faust floor")
         started = time.perf_counter()
-        await _until_sent(n, count)
+        await until_sent(n, count)
         rate = n / (time.perf_counter() - started)
     finally:
         with contextlib.suppress(Exception):
@@ -167,9 +164,9 @@ async def aiokafka_floor(
     await consumer.start()
     loop = asyncio.ensure_future(consume())
     try:
-        await _wait_ready(lambda: bool(consumer.assignment()), "the aiokafka floor")
+        await wait_ready(lambda: bool(consumer.assignment()), "the aiokafka floor")
         started = time.perf_counter()
-        await _until_sent(n, count)
+        await until_sent(n, count)
         rate = n / (time.perf_counter() - started)
     finally:
         loop.cancel()

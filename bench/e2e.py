@@ -483,6 +483,7 @@ async def serve_baseline_worker(port: int, stop: asyncio.Event) -> None:
 
     from bench.bare_faust import bare_app
     from onyx_wa.settings import load_settings
+    from streams.worker import app_ready
 
     settings = load_settings()
     app = bare_app(settings, "e2ebase-worker", "e2ebase")
@@ -516,11 +517,7 @@ async def serve_baseline_worker(port: int, stop: asyncio.Event) -> None:
                 await r.read()
 
     async def readyz(_: web.Request) -> web.Response:
-        try:
-            ok = not app.rebalancing and bool(app.consumer.assignment())
-        except Exception:
-            ok = False
-        return web.json_response({}, status=200 if ok else 503)
+        return web.json_response({}, status=200 if app_ready(app) else 503)
 
     await app.start()
     web_app = web.Application()

@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 from cryptography.fernet import Fernet
 
+from bench.egress_floors import until_sent, wait_ready
 from bench.ingress import wait_http
 from egress.compose import text_message
 from egress.throttle import TokenBucket
@@ -171,14 +172,9 @@ async def _run(n: int, concurrency: int, with_floors: bool = True) -> dict[str, 
             # the clock starts when the worker has its partitions (it starts consuming then):
             # group join is not part of the figure, the worker's first fetch and table
             # recovery are
-            deadline = time.monotonic() + 60
-            while not worker.ready():
-                if time.monotonic() > deadline:
-                    raise TimeoutError("egress worker not assigned within 60 s")
-                await asyncio.sleep(0.005)
+            await wait_ready(worker.ready, "egress worker")
             started = time.perf_counter()
-            while await _count(http, base) < n:
-                await asyncio.sleep(0.02)
+            await until_sent(n, lambda: _count(http, base))
             worker_rate = n / (time.perf_counter() - started)
             await worker.stop()
             async with http.delete(f"{base}/_sim/messages"):

@@ -733,6 +733,7 @@ async def serve_baseline(
     from aiohttp import web
 
     from bench.bare_faust import bare_app
+    from streams.worker import app_ready
 
     app = bare_app(settings, f"{settings.topic_prefix}-app", "faust-baseline", eager=eager)
     raw, t1_name, t2_name = baseline_topics(settings)
@@ -754,14 +755,8 @@ async def serve_baseline(
         async for event in stream.events():
             await t2.send(key=event.key, value=event.value)
 
-    def ready() -> bool:
-        try:
-            return not app.rebalancing and bool(app.consumer.assignment())
-        except Exception:
-            return False
-
     async def readyz(_: web.Request) -> web.Response:
-        return web.json_response({}, status=200 if ready() else 503)
+        return web.json_response({}, status=200 if app_ready(app) else 503)
 
     await app.start()
     web_app = web.Application()

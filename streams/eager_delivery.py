@@ -47,15 +47,13 @@ class _Resume:
             try:
                 sent = yield value
             except BaseException as exc:  # noqa: BLE001 - forwarded, GeneratorExit included
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
+                step, arg = coro.throw, exc
             else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+                step, arg = coro.send, sent
+            try:
+                value = step(arg)
+            except StopIteration as stop:
+                return stop.value
 
 
 class EagerDelivery:

@@ -99,6 +99,7 @@ async def _floors(
 
 async def _run(n: int, concurrency: int, with_floors: bool = True) -> dict[str, Any]:
     from onyx_wa.bots import add_bot
+    from onyx_wa.gc_tuning import tune_gc
     from onyx_wa.kafka import ensure_pipeline_topics, start_producer
     from schemas.codec import get_codec
     from store.migrate import upgrade
@@ -128,6 +129,9 @@ async def _run(n: int, concurrency: int, with_floors: bool = True) -> dict[str, 
             settings, tenant_id="bench", phone_number_id=pnid, app_secret="s", verify_token="v",
             access_token="a", throughput_per_s=1000,
         )  # fmt: skip
+        # the collector as a worker process sets it (``serve_worker``), for the whole process:
+        # the bare client and the floors run with it too
+        tune_gc(settings.gc_young_threshold)
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{base}/_sim/numbers/{pnid}", json={"throughput_per_s": 1e9}):
                 pass
@@ -169,6 +173,7 @@ async def _run(n: int, concurrency: int, with_floors: bool = True) -> dict[str, 
             await producer.stop()
             worker = Worker(settings, ["egress"])
             await worker.start()
+            tune_gc(settings.gc_young_threshold)  # what serve_worker does once started
             # the clock starts when the worker has its partitions (it starts consuming then):
             # group join is not part of the figure, the worker's first fetch and table
             # recovery are

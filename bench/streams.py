@@ -15,7 +15,8 @@ What it measures, all in one run on this machine (embedded Tansu broker):
   (``streams.eager_delivery``, a fix to Faust's drain loop that cut the worker's CPU per event
   by about a quarter). The baseline is stock Faust, as the goal defines it, so a second
   baseline app with the same fix runs beside it (``baseline --eager``), and the ratio against
-  it says what this pipeline's own work costs, with Faust's cost equal on both sides.
+  it says what this pipeline's own work costs, with Faust's cost equal on both sides. That
+  baseline also tunes its garbage collector as a worker process does (``onyx_wa.gc_tuning``).
 - **rounds**: both apps run side by side (an idle Faust app costs ~1.5% of a core) and their
   bursts alternate, baseline then pipeline, ``rounds`` times (default 3). Each round gives a
   paired ratio; the figures are the medians (throughput: the median round's; ratio: the median
@@ -729,7 +730,8 @@ async def serve_baseline(
 ) -> None:
     """A bare Faust app: raw → t1 → t2, bytes in and out, same broker settings as the worker.
 
-    ``eager``: its consumer delivers like the worker's (``streams.eager_delivery``)."""
+    ``eager``: like the worker's process: its consumer delivers like the worker's
+    (``streams.eager_delivery``) and its collector is tuned the same (``onyx_wa.gc_tuning``)."""
     from aiohttp import web
 
     from bench.bare_faust import bare_app
@@ -759,6 +761,10 @@ async def serve_baseline(
         return web.json_response({}, status=200 if app_ready(app) else 503)
 
     await app.start()
+    if eager:  # like for like: the collector as the worker's process sets it (serve_worker)
+        from onyx_wa.gc_tuning import tune_gc
+
+        tune_gc(settings.gc_young_threshold)
     web_app = web.Application()
     web_app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(web_app, access_log=None)

@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         description="How long an uncertain send waits for a status before it is resent.",
     )
 
+    # --- process ---------------------------------------------------------------------------
+    gc_young_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="Workers: freeze start-up objects out of the garbage collector's sight and "
+        "collect the young generation every N net allocations (Python's default: 700); 0 keeps "
+        "Python's settings. See onyx_wa/gc_tuning.py.",
+    )
+
     # --- observability -----------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = Field(

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from onyx_wa.gc_tuning import tune_gc
 from onyx_wa.kafka import ensure_pipeline_topics, wait_for_broker
 from onyx_wa.runtime import wait_stop
 from onyx_wa.settings import Settings
@@ -134,6 +135,8 @@ async def serve_worker(settings: Settings, roles: Iterable[str], stop: asyncio.E
     worker = Worker(settings, roles)
     try:
         await worker.start(web_port=settings.worker_web_port or None)
+        # after start: the app, its stages and its tables' structures are built (gc_tuning.py)
+        tune_gc(settings.gc_young_threshold)
         log.info("worker %s running", ",".join(worker.roles))
         await worker.run_until(stop)
     finally:

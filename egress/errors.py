@@ -17,6 +17,14 @@ import random
 from enum import Enum
 
 
+class LeftForRedelivery(Exception):
+    """The message is left unacknowledged: its partition's next owner handles it.
+
+    Raised where acknowledging would lose the message (this worker lost the partition in the
+    middle of reconciling it) or where a Kafka record it wrote was not acknowledged.
+    """
+
+
 class ErrorAction(Enum):
     RETRY = "retry"
     PAUSE = "stop"

@@ -33,12 +33,12 @@ from typing import Any
 import faust
 import orjson
 from aiokafka.errors import KafkaError, ProducerClosed
-from faust.exceptions import NotReady
 from faust.types import TP
 
-from egress.errors import ErrorAction, backoff_s
+from egress.errors import ErrorAction, LeftForRedelivery, backoff_s
 from egress.graph import GraphApiError, GraphClient
 from egress.outbound import answer_outbound
+from egress.sender_loop import SenderLoop
 from egress.throttle import RecipientPacer, TokenBucket
 from onyx_wa import topics as t
 from onyx_wa.metrics import (
@@ -55,7 +55,8 @@ from streams.app import StageContext, table_options
 
 log = logging.getLogger(__name__)
 
-# unacked messages in flight per sender, as a multiple of the HTTP concurrency (see ``send``)
+# unfinished messages in flight per sender, as a multiple of the HTTP concurrency
+# (``egress.sender_loop``: the wait for the durable mark overlaps other sends' HTTP calls)
 SEND_WINDOW_FACTOR = 4
 # tries of a message whose Kafka records failed, before it is left for redelivery
 KAFKA_WRITE_ATTEMPTS = 4
@@ -113,14 +114,6 @@ def outbound_result(
 
 
 _SENT = SENDS.labels("sent", "0")
-
-
-class LeftForRedelivery(Exception):
-    """The message is left unacknowledged: its partition's next owner handles it.
-
-    Raised where acknowledging would lose the message (this worker lost the partition in the
-    middle of reconciling it) or where a Kafka record it wrote was not acknowledged.
-    """
 
 
 class RecordBatches:
@@ -217,6 +210,24 @@ class RecordBatches:
         self._full.clear()
 
 
+def set_local(table: Any, key: str, value: Any, partition: int) -> None:
+    """Set ``table``'s local view for ``key`` in ``partition`` (its changelog record is
+    written separately).
+
+    The memory store is a dict. Faust's RocksDB store keeps a database per partition and picks
+    it by the partition of the current Faust event; the sender runs outside Faust's streams
+    (``egress.sender_loop``), with no current event, so it names the partition itself.
+    """
+    store = table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:
+        store[key] = value
+        return
+    raw_key = store._encode_key(key)
+    db_for_partition(partition).put(raw_key, store._encode_value(value))
+    store._key_index[raw_key] = partition
+
+
 def _json_bytes(obj: Any) -> bytes:
     """Compact JSON, as Faust's ``json`` codec writes it (orjson: ~5% of the sender's CPU was
     ``json.dumps`` of these marks). Anything orjson refuses (a non-string key, an integer over
@@ -265,7 +276,8 @@ class Sender:
         self._batches: RecordBatches | None = None
         self._codec = get_codec()
         self._changelog: str | None = None
-        self._outbound_topic: str | None = None
+        # the outbound partitions this worker consumes (``egress.sender_loop`` keeps it)
+        self.owned_partitions: frozenset[int] | None = None
         self._retired: set[asyncio.Future[None]] = set()  # old batches closing (see batches())
         # only RocksDB keeps a persisted offset (the memory store's is a no-op)
         self._track_offsets = ctx.settings.store == "rocksdb"
@@ -315,7 +327,7 @@ class Sender:
         if batches is None:
             self.sent[key] = value
             return None
-        self.sent.data[key] = value
+        set_local(self.sent, key, value, partition)
         if self._changelog is None:
             self._changelog = self.sent.changelog_topic.get_topic_name()
         # the bytes Faust writes for this table (``bind`` checked it uses JSON for both): a
@@ -541,12 +553,11 @@ class Sender:
         return True
 
     def owns(self, partition: int | None) -> bool:
-        """Whether this worker is still assigned ``partition`` of the outbound topic."""
-        if self.app is None or partition is None:
+        """Whether this worker still consumes ``partition`` of the outbound topic (the sender
+        loop sets ``owned_partitions``; without one, as in unit tests, everything is owned)."""
+        if self.owned_partitions is None or partition is None:
             return True
-        if self._outbound_topic is None:
-            self._outbound_topic = self.ctx.topics.name(t.OUTBOUND)
-        return TP(self._outbound_topic, partition) in self.app.consumer.assignment()
+        return partition in self.owned_partitions
 
     async def confirm(self, status: dict[str, Any], partition: int | None) -> dict[str, Any] | None:
         """A status naming an uncertain send (by its callback data): record the send.
@@ -767,44 +778,7 @@ def register(app: faust.App, ctx: StageContext) -> None:
                 SENDS.labels("failed_status", str(result["error_code"])).inc()
             STAGE_EVENTS.labels("statuses", status["status"]).inc()
 
-    @app.agent(outbound, name="sender")
-    async def send(stream: faust.StreamT) -> None:
-        """One task per message, up to a window of unacked messages.
-
-        The window is wider than the HTTP concurrency (``sender.slots``): a message spends part
-        of its life waiting for its durable "sending" mark, and that wait should overlap other
-        messages' HTTP calls rather than hold an HTTP slot. A semaphore, not ``asyncio.wait``
-        over the pending set (that re-arms a callback on every pending task for every event).
-        """
-        window = asyncio.Semaphore(SEND_WINDOW_FACTOR * settings.send_concurrency)
-        pending: set[asyncio.Task[None]] = set()
-
-        async def run(event: Any) -> None:
-            message = event.value
-            ack = False
-            try:
-                await sender.handle_durably(message, event.message.partition)
-                ack = True
-            except LeftForRedelivery as exc:
-                log.warning("%s: left for redelivery", exc)
-            except Exception as exc:
-                # while the worker stops (a rebalance or SIGTERM), the producer goes away under
-                # in-flight sends: leave those unacked so the partition's next owner redelivers
-                # them (the "sending" mark keeps that from duplicating a send). Any other failure
-                # is acked, so one bad message cannot stall its partition.
-                ack = not (isinstance(exc, NotReady) or app.should_stop)
-                log.exception(
-                    "sender failed on %s%s",
-                    message.get("outbound_id"),
-                    "" if ack else " (left for redelivery: the worker is stopping)",
-                )
-            finally:
-                window.release()
-                if ack:
-                    await stream.ack(event)
-
-        async for event in stream.noack().events():
-            await window.acquire()
-            task = asyncio.ensure_future(run(event))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+    # the outbound topic is consumed outside Faust's streams (``egress.sender_loop``: why)
+    ctx.resources["sender_loop"] = SenderLoop(
+        app, ctx, sender, window=SEND_WINDOW_FACTOR * settings.send_concurrency
+    )

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         gt=0,
         description="How long an uncertain send waits for a status before it is resent.",
     )
+    send_drain_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a stopping or rebalancing sender waits for its sends in flight "
+        "before it cancels them (their durable marks make the next owner reconcile them).",
+    )
 
     # --- process ---------------------------------------------------------------------------
     gc_young_threshold: int = Field(

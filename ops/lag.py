@@ -38,9 +38,11 @@ from onyx_wa.settings import Settings
 ROLE_TOPICS: dict[str, tuple[t.TopicSpec, ...]] = {
     "streams": (t.RAW, t.INBOUND, t.ANSWER_RESULTS, t.OUTBOUND_RESULTS, t.FORGET),
     "answers": (t.ANSWER_REQUESTS, t.FEEDBACK),  # feedback-to-onyx (answers.feedback)
-    "egress": (t.ANSWER_RESULTS, t.STATUSES, t.OUTBOUND),
+    "egress": (t.ANSWER_RESULTS, t.STATUSES),  # outbound: the sender group (SENDER_TOPICS)
     "analytics": (t.ANSWER_REQUESTS, t.ANSWER_RESULTS, t.FEEDBACK),
 }
+# the egress sender consumes outside Faust, in a group of its own (egress/sender_loop.py)
+SENDER_TOPICS: tuple[t.TopicSpec, ...] = (t.OUTBOUND,)
 ROLE_SETS: tuple[tuple[str, ...], ...] = (
     ("analytics", "answers", "egress", "streams"),
     ("streams",),
@@ -235,12 +237,17 @@ def group_base(settings: Settings) -> str:
 
 def known_groups(settings: Settings) -> dict[str, list[str]]:
     """Pipeline group id → the topics it consumes, for the usual worker role sets."""
+    from egress.sender_loop import sender_group
     from streams.app import app_id
 
     groups: dict[str, list[str]] = {}
     for roles in ROLE_SETS:
         names = {t.full_name(spec, settings.topic_prefix) for r in roles for spec in ROLE_TOPICS[r]}
         groups[app_id(settings, roles)] = sorted(names)
+        if "egress" in roles:
+            groups[sender_group(app_id(settings, roles))] = sorted(
+                t.full_name(spec, settings.topic_prefix) for spec in SENDER_TOPICS
+            )
     return groups
 
 

@@ -118,6 +118,12 @@ class Worker:
     async def stop(self) -> None:
         if self._web is not None:
             await self._web.cleanup()
+        loop = self.ctx.resources.get("sender_loop") if self.ctx is not None else None
+        if loop is not None:
+            # before the app: its sends in flight finish and their offsets are committed while
+            # this worker still holds their partitions (``egress.sender_loop``)
+            with contextlib.suppress(Exception):
+                await loop.stop()
         if self.app is not None:
             with contextlib.suppress(Exception):
                 await self.app.stop()

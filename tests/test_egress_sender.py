@@ -200,11 +200,11 @@ async def test_dlq_replay_resends_once_even_when_run_twice(pipeline, sim):
 
 
 def _sender_and_partition(pipeline):
+    """The sender and an outbound partition its loop's consumer is really assigned."""
     sender = pipeline.worker.ctx.resources["sender"]
+    loop = pipeline.worker.ctx.resources["sender_loop"]
     outbound_topic = pipeline.worker.ctx.topics.name(t.OUTBOUND)
-    owned = sorted(
-        tp.partition for tp in sender.app.consumer.assignment() if tp.topic == outbound_topic
-    )
+    owned = sorted(tp.partition for tp in loop._consumer.assignment() if tp.topic == outbound_topic)
     assert owned, "the pipeline's worker owns no outbound partition"
     return sender, owned[0]
 
@@ -243,13 +243,8 @@ async def test_an_uncertain_send_whose_partition_moved_is_left_to_its_new_owner(
     sender, partition, record, previous = await _uncertain(pipeline, "15557770012", monkeypatch)
     task = asyncio.ensure_future(sender._reconcile(record, previous, partition, []))
     await asyncio.sleep(0.3)
-    outbound_topic = pipeline.worker.ctx.topics.name(t.OUTBOUND)
-    real = sender.app.consumer.assignment
-    monkeypatch.setattr(
-        sender.app.consumer,
-        "assignment",
-        lambda: {tp for tp in real() if (tp.topic, tp.partition) != (outbound_topic, partition)},
-    )
+    # what the sender loop does when a rebalance takes the partition away
+    monkeypatch.setattr(sender, "owned_partitions", sender.owned_partitions - {partition})
     # the entry is still "reconciling" here: the new owner recovered that mark and reconciles
     # it itself, so resending too could deliver twice
     with pytest.raises(LeftForRedelivery):
@@ -296,3 +291,96 @@ async def test_an_unacknowledged_sending_mark_is_retried_and_the_reply_sent_once
     assert [m["body"] for m in got] == ["despite the broker"]
     [result] = await wait_results(pipeline, t.OUTBOUND_RESULTS, record["request_id"], 1)
     assert result["status"] == "sent"
+
+
+# --- the sender loop (egress/sender_loop.py): offsets, pause and resume on a rebalance --------
+
+
+async def _until(predicate, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_loop_commits_what_it_finished_to_its_own_group(pipeline, sim):
+    from aiokafka import TopicPartition
+
+    from onyx_wa.kafka import committed_offsets
+
+    loop = pipeline.worker.ctx.resources["sender_loop"]
+    assert loop.group == f"{pipeline.worker.app.conf.id}.sender"
+    bot = await pipeline.add_bot()
+    record = outbound(bot, "15557770021", "committed")
+    key = f"{record['tenant_id']}:{record['phone_number_id']}".encode()
+    meta = await (await pipeline.worker.ctx.topics.of(t.OUTBOUND).send(key=key, value=record))
+    assert len(await pipeline.wait_for("15557770021", 1, timeout_s=30)) == 1
+    await _until(lambda: loop.tracker.commit_points().get(meta.partition, -1) > meta.offset)
+    await loop._commit(force=True)
+    tp = TopicPartition(loop.topic, meta.partition)
+    committed = await committed_offsets(pipeline.settings.bootstrap_servers, loop.group, [tp])
+    assert committed[tp] is not None and committed[tp] > meta.offset
+
+
+async def test_a_rebalance_waits_for_the_sends_in_flight_and_the_next_owner_reads_on(pipeline, sim):
+    """What Faust's revoke signal does to the loop (``pause``) and its recovery signal
+    (``resume``): in-flight sends finish before the partitions go, nothing is taken while they
+    are away, and a record produced meanwhile is sent once afterwards."""
+    loop = pipeline.worker.ctx.resources["sender_loop"]
+    sender = pipeline.worker.ctx.resources["sender"]
+    held = set(loop.partitions)
+    assert held
+    bot = await pipeline.add_bot()
+    sim.faults.latency_ms = 1500
+    await produce(pipeline, [outbound(bot, "15557770022", "in flight")])
+    await _until(lambda: loop.tracker.in_flight() >= 1)
+    try:
+        await loop.pause()
+        # the send in flight finished before pause returned: the simulator has it
+        assert [m["body"] for m in await pipeline.sent_to("15557770022")] == ["in flight"]
+        assert loop.partitions == frozenset() and sender.owned_partitions == frozenset()
+        assert loop._consumer.assignment() == set()
+        sim.faults.latency_ms = 0
+        await produce(pipeline, [outbound(bot, "15557770023", "while away")])
+        await asyncio.sleep(1.5)
+        assert await pipeline.sent_to("15557770023") == []
+    finally:
+        await loop.resume(held)
+    got = await pipeline.wait_for("15557770023", 1, timeout_s=30, settle_s=2.0)
+    assert [m["body"] for m in got] == ["while away"]
+    assert len(await pipeline.sent_to("15557770022")) == 1
+
+
+async def test_a_send_that_outlasts_the_drain_is_cancelled_and_delivered_once_after(
+    pipeline, sim, monkeypatch
+):
+    """A rebalance or a stop waits ``send_drain_s`` for the sends in flight, then cancels them
+    (a Graph API that does not answer must not hold the group). The cancelled send is not
+    committed: read again after the resume, its durable "sending" mark makes it reconcile, and
+    the recipient gets it once."""
+    loop = pipeline.worker.ctx.resources["sender_loop"]
+    sender = pipeline.worker.ctx.resources["sender"]
+    monkeypatch.setattr(sender.settings, "send_drain_s", 0.5)
+    # longer than the simulator takes to answer and send the status of the cancelled request
+    # (which it still accepts): the status confirms it; a shorter window resends it (the
+    # documented residual risk of reconciling)
+    monkeypatch.setattr(sender.settings, "send_reconcile_s", 6.0)
+    held = set(loop.partitions)
+    bot = await pipeline.add_bot()
+    # Meta's status webhooks, signed, to the pipeline's ingress
+    monkeypatch.setattr(sim, "emit_statuses", True)
+    monkeypatch.setattr(sim, "webhook_url", pipeline.settings.ingress_url)
+    monkeypatch.setattr(sim, "app_secrets", {bot.phone_number_id: bot.app_secret})
+    sim.faults.latency_ms = 2500
+    await produce(pipeline, [outbound(bot, "15557770024", "outlasted the drain")])
+    await _until(lambda: loop.tracker.in_flight() >= 1)
+    started = time.monotonic()
+    try:
+        await loop.pause()
+        assert time.monotonic() - started < 2.0  # the drain, not the 2.5 s Graph call
+    finally:
+        sim.faults.latency_ms = 0
+        await loop.resume(held)
+    # a resend would come ``send_reconcile_s`` after the resume: the quiet period covers it
+    got = await pipeline.wait_for("15557770024", 1, timeout_s=30, settle_s=7.0)
+    assert [m["body"] for m in got] == ["outlasted the drain"]

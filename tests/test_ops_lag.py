@@ -174,16 +174,21 @@ async def test_group_read_failure_is_err_not_a_crash(kafka, inbound, monkeypatch
 
 
 def test_known_groups_match_the_faust_apps():
-    """ROLE_TOPICS must follow the stages' agents: build each app and compare its sources."""
+    """ROLE_TOPICS must follow the stages' agents: build each app and compare its sources; the
+    egress sender's loop has a group of its own for the outbound topic."""
     from onyx_wa.settings import load_settings
     from streams.app import build_app
 
     settings = load_settings(topic_prefix="lagcheck", kafka_bootstrap_servers="127.0.0.1:1")
     expected = {}
     for roles in lag_mod.ROLE_SETS:
-        app, _ = build_app(settings, roles)
+        app, ctx = build_app(settings, roles)
         expected[app.conf.id] = sorted({n for a in app.agents.values() for n in a.channel.topics})
+        loop = ctx.resources.get("sender_loop")
+        if loop is not None:
+            expected[loop.group] = [loop.topic]
     assert known_groups(settings) == expected
+    assert any(group.endswith(".sender") for group in expected)
 
 
 # --- the evaluator, with synthetic samples ----------------------------------------------------

@@ -134,3 +134,15 @@ async def test_a_crash_of_the_loop_crashes_the_worker() -> None:
     loop._consume = broken_consume  # type: ignore[method-assign]
     await asyncio.wait_for(loop._run(), 5)
     assert [str(c) for c in crashes] == ["a bug in the loop"]
+
+
+def test_plain_consumers_do_not_sit_on_a_fetch_on_the_embedded_broker() -> None:
+    """Tansu holds a fetch for the whole ``fetch_max_wait_ms``: aiokafka's default (500 ms)
+    added ~0.25 s to every reply at low rates once the sender read outside Faust."""
+    from onyx_wa.kafka import TANSU_FETCH_MAX_WAIT_MS, consumer_kwargs
+    from onyx_wa.settings import load_settings
+
+    tansu = consumer_kwargs(load_settings(broker_flavor="tansu"), "g")
+    kafka = consumer_kwargs(load_settings(broker_flavor="kafka"), "g")
+    assert tansu["fetch_max_wait_ms"] == TANSU_FETCH_MAX_WAIT_MS == 50
+    assert "fetch_max_wait_ms" not in kafka  # Kafka answers as soon as data is there

@@ -12,8 +12,9 @@ holds), the statuses and compose agents. This loop follows that table: it consum
 outbound partitions whose ``sent`` partition this worker holds (outbound messages and the table
 are keyed alike, tenant:number, and co-partitioned), and only once Faust has recovered the
 table (``on_rebalance_complete``). On every rebalance (Faust revokes everything first) it stops
-taking records, waits for the sends in flight, and commits, before Faust lets the partitions go:
-what the agent's stream did through Faust's ``wait_empty``.
+taking records, waits for the sends in flight (``send_drain_s``, then cancels them), and
+commits, before Faust lets the partitions go: what the agent's stream did through Faust's
+``wait_empty``.
 
 Offsets: its own consumer group (``<app id>.sender``), manually assigned, never joined. Kafka
 accepts commits to a group that has no members. The committed offset of a partition is the

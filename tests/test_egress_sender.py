@@ -384,3 +384,20 @@ async def test_a_send_that_outlasts_the_drain_is_cancelled_and_delivered_once_af
     # a resend would come ``send_reconcile_s`` after the resume: the quiet period covers it
     got = await pipeline.wait_for("15557770024", 1, timeout_s=30, settle_s=7.0)
     assert [m["body"] for m in got] == ["outlasted the drain"]
+
+
+async def test_a_corrupt_outbound_record_is_logged_and_does_not_stall_its_partition(
+    pipeline, sim, caplog
+):
+    """Bytes that are not an OutboundMessage cannot be sent: the loop logs them, finishes the
+    record (so its partition's commit point moves on) and sends what follows."""
+    loop = pipeline.worker.ctx.resources["sender_loop"]
+    bot = await pipeline.add_bot()
+    key = f"{bot.tenant_id}:{bot.phone_number_id}".encode()
+    producer = pipeline.worker.app.producer
+    meta = await (await producer.send(loop.topic, key, b"\x00not avro at all", None, None, None))
+    await produce(pipeline, [outbound(bot, "15557770025", "after the bad record")])
+    got = await pipeline.wait_for("15557770025", 1, timeout_s=30)
+    assert [m["body"] for m in got] == ["after the bad record"]
+    await _until(lambda: loop.tracker.commit_points().get(meta.partition, -1) > meta.offset)
+    assert any("sender failed on" in r.getMessage() for r in caplog.records)

@@ -364,25 +364,25 @@ async def test_a_send_that_outlasts_the_drain_is_cancelled_and_delivered_once_af
     # longer than the simulator takes to answer and send the status of the cancelled request
     # (which it still accepts): the status confirms it; a shorter window resends it (the
     # documented residual risk of reconciling)
-    monkeypatch.setattr(sender.settings, "send_reconcile_s", 6.0)
+    monkeypatch.setattr(sender.settings, "send_reconcile_s", 3.0)
     held = set(loop.partitions)
     bot = await pipeline.add_bot()
     # Meta's status webhooks, signed, to the pipeline's ingress
     monkeypatch.setattr(sim, "emit_statuses", True)
     monkeypatch.setattr(sim, "webhook_url", pipeline.settings.ingress_url)
     monkeypatch.setattr(sim, "app_secrets", {bot.phone_number_id: bot.app_secret})
-    sim.faults.latency_ms = 2500
+    sim.faults.latency_ms = 1500
     await produce(pipeline, [outbound(bot, "15557770024", "outlasted the drain")])
     await _until(lambda: loop.tracker.in_flight() >= 1)
     started = time.monotonic()
     try:
         await loop.pause()
-        assert time.monotonic() - started < 2.0  # the drain, not the 2.5 s Graph call
+        assert time.monotonic() - started < 1.4  # the drain, not the 1.5 s Graph call
     finally:
         sim.faults.latency_ms = 0
         await loop.resume(held)
     # a resend would come ``send_reconcile_s`` after the resume: the quiet period covers it
-    got = await pipeline.wait_for("15557770024", 1, timeout_s=30, settle_s=7.0)
+    got = await pipeline.wait_for("15557770024", 1, timeout_s=30, settle_s=4.0)
     assert [m["body"] for m in got] == ["outlasted the drain"]
 
 

@@ -276,7 +276,9 @@ async def test_two_workers_share_the_work_through_rebalances(kafka, tmp_path):
         await _until(half_done, 120, "answers after the join", rig)
         a_events = await rig.metric(port_a, "onyx_wa_stage_events_total", stage="preprocess")
         a.send_signal(signal.SIGTERM)  # a graceful leave: B takes A's partitions
-        a.wait(timeout=60)
+        # off the event loop: it serves the simulator, which A's last sends are waiting for
+        # (a blocking wait here held A's drain for its whole ``send_drain_s``)
+        await asyncio.to_thread(a.wait, 60)
         everyone = first_users + later_users
 
         async def all_answered() -> bool:

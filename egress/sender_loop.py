@@ -145,7 +145,6 @@ class SenderLoop:
         self.window = window
         self.topic = ctx.topics.name(t.OUTBOUND)
         self.group = sender_group(app.conf.id)
-        self.partitions: frozenset[int] = frozenset()
         self.tracker = OffsetTracker()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
@@ -157,10 +156,16 @@ class SenderLoop:
         self._last_commit = 0.0
         self._stopped = False
         self._decode = get_codec().decode
-        sender.owned_partitions = self.partitions
+        sender.owned_partitions = frozenset()  # nothing until the table is recovered
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.on_rebalance_complete.connect(self._on_rebalance_complete)
         app.on_before_shutdown.connect(self._on_before_shutdown)
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The outbound partitions consumed now: the sender's ``owned_partitions``, so that its
+        ownership check and this loop read one set."""
+        return self.sender.owned_partitions or frozenset()
 
     # --- Faust's rebalance signals ---------------------------------------------------------
 
@@ -186,8 +191,7 @@ class SenderLoop:
         await self.pause()  # a stray resume without a revoke first: finish what runs
         consumer = await self._ensure_started()
         self._generation += 1
-        self.partitions = frozenset(partitions)
-        self.sender.owned_partitions = self.partitions
+        self.sender.owned_partitions = frozenset(partitions)
         tps = [TopicPartition(self.topic, p) for p in sorted(self.partitions)]
         consumer.assign(tps)
         await seed_offsets(consumer, tps, self.ctx.settings.bootstrap_servers, self.app.conf.id)
@@ -207,8 +211,7 @@ class SenderLoop:
         """
         self._active.clear()
         self._generation += 1
-        held, self.partitions = self.partitions, frozenset()
-        self.sender.owned_partitions = self.partitions
+        held, self.sender.owned_partitions = self.partitions, frozenset()
         if self._tasks:
             _, running = await asyncio.wait(
                 list(self._tasks), timeout=self.ctx.settings.send_drain_s

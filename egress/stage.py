@@ -376,16 +376,12 @@ class Sender:
         mark: dict[str, Any] = {"state": "sending", "at": _now_ms()}
         if chat_id is not None:
             mark["chat"] = chat_id
-        if partition is None:
-            event = faust.current_event()
-            partition = event.message.partition if event is not None else None
         if self.batches() is None or partition is None:
-            event = faust.current_event()
-            if not self.durable_marks or event is None:
+            if not self.durable_marks or partition is None:
                 self.sent[outbound_id] = mark
                 return
-            self.sent.data[outbound_id] = mark  # the in-memory view, without the buffered write
-            await self.sent.send_changelog(event.message.partition, outbound_id, mark)
+            set_local(self.sent, outbound_id, mark, partition)  # without the buffered write
+            await self.sent.send_changelog(partition, outbound_id, mark)
             return
         pending: list[Any] = []
         await self._write(outbound_id, mark, partition, pending)
@@ -414,17 +410,15 @@ class Sender:
 
     # --- sending -----------------------------------------------------------------------------
 
-    async def handle(self, message: dict[str, Any], partition: int | None = None) -> None:
+    async def handle(self, message: dict[str, Any], partition: int | None) -> None:
         """Send one message; returns once its Kafka records are acknowledged.
 
         The per-chat lock (taken first, FIFO) keeps parts of a chat in order; it is released
         before waiting for the records, so the next part need not wait for the broker.
-        ``partition``: the source partition (the ``sent`` table's changelog partition); from
-        the current Faust event when not given.
+        ``partition``: the source partition (the ``sent`` table's changelog partition), which
+        the sender loop passes: outside Faust's streams there is no current event to read it
+        from.
         """
-        if partition is None:
-            event = faust.current_event()
-            partition = event.message.partition if event is not None else None
         key = f"{message['phone_number_id']}:{message['chat_id']}"
         entry = self.chat_locks.get(key)
         if entry is None:

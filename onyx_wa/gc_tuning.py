@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import gc
 
-# Python's own default; ``young_threshold=0`` leaves the collector as Python set it
-PYTHON_DEFAULT_YOUNG_THRESHOLD = 700
-
 
 def tune_gc(young_threshold: int) -> bool:
     """Freeze what exists now and raise the young generation's threshold to ``young_threshold``.

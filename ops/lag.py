@@ -243,9 +243,10 @@ def known_groups(settings: Settings) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for roles in ROLE_SETS:
         names = {t.full_name(spec, settings.topic_prefix) for r in roles for spec in ROLE_TOPICS[r]}
-        groups[app_id(settings, roles)] = sorted(names)
+        group = app_id(settings, roles)
+        groups[group] = sorted(names)
         if "egress" in roles:
-            groups[sender_group(app_id(settings, roles))] = sorted(
+            groups[sender_group(group)] = sorted(
                 t.full_name(spec, settings.topic_prefix) for spec in SENDER_TOPICS
             )
     return groups

@@ -62,6 +62,12 @@ async def _count(http: aiohttp.ClientSession, base: str) -> int:
         return int((await resp.json())["count"])
 
 
+async def _clear(http: aiohttp.ClientSession, base: str) -> None:
+    """Forget the simulator's accepted messages: each run counts from zero."""
+    async with http.delete(f"{base}/_sim/messages"):
+        pass
+
+
 async def bucket_precision(rate: float, seconds: float = 3.0) -> float:
     bucket = TokenBucket(rate, burst=1)
     n = int(rate * seconds)
@@ -73,7 +79,6 @@ async def bucket_precision(rate: float, seconds: float = 3.0) -> float:
 
 N_ENV = "ONYX_WA_BENCH_EGRESS_N"
 ROUNDS_ENV = "ONYX_WA_BENCH_EGRESS_ROUNDS"
-FLOORS = ("faust", "faust_eager", "aiokafka")
 
 # a contender's run: (its sends/s, the mean of the bare client's runs just before and after it)
 Paired = tuple[float, float]
@@ -86,6 +91,7 @@ async def _floor_runs(
     topic: str,
     n: int,
     concurrency: int,
+    count: Callable[[], Awaitable[int]],
     bare_client: Callable[[], Awaitable[float]],
     bare_before: float,
 ) -> dict[str, Paired]:
@@ -106,9 +112,8 @@ async def _floor_runs(
     }
     before = bare_before
     for name, floor in floors.items():
-        rate = await floor(settings, topic, n, post, lambda: _count(http, base), window)
-        async with http.delete(f"{base}/_sim/messages"):
-            pass
+        rate = await floor(settings, topic, n, post, count, window)
+        await _clear(http, base)
         after = await bare_client()
         rates[name] = (rate, (before + after) / 2)
         before = after
@@ -232,8 +237,7 @@ async def _run(
                 started = time.perf_counter()
                 await asyncio.gather(*(post(p) for p in payloads))
                 rate = n / (time.perf_counter() - started)
-                async with http.delete(f"{base}/_sim/messages"):
-                    pass
+                await _clear(http, base)
                 bare_runs.append(rate)
                 return rate
 
@@ -245,8 +249,7 @@ async def _run(
                 topic = await _backlog(round_settings, pnid, payloads, f"r{r}")
                 before = await bare_client()
                 rate = await _worker_run(round_settings, n, count)
-                async with http.delete(f"{base}/_sim/messages"):
-                    pass
+                await _clear(http, base)
                 after = await bare_client()
                 runs["worker"].append((rate, (before + after) / 2))
                 print(
@@ -256,7 +259,15 @@ async def _run(
                 )
                 if with_floors:
                     floors = await _floor_runs(
-                        round_settings, http, base, topic, n, concurrency, bare_client, after
+                        round_settings,
+                        http,
+                        base,
+                        topic,
+                        n,
+                        concurrency,
+                        count,
+                        bare_client,
+                        after,
                     )
                     for name, paired in floors.items():
                         runs.setdefault(name, []).append(paired)
@@ -280,9 +291,9 @@ async def _run(
             f"token bucket 80/s → {p80:.2f}/s, 1000/s → {p1000:.1f}/s",
             flush=True,
         )
-        for name in FLOORS:
-            if f"floor_{name}_ratio" not in result:
-                continue
+        for name in runs:
+            if name == "worker":
+                continue  # the floors follow, in the order they ran
             print(
                 f"  floor ({name}: consume, decode, post, ack; nothing else): "
                 f"{result[f'floor_{name}_sends_per_s']:.0f} sends/s, ratio "

@@ -146,3 +146,34 @@ def test_plain_consumers_do_not_sit_on_a_fetch_on_the_embedded_broker() -> None:
     kafka = consumer_kwargs(load_settings(broker_flavor="kafka"), "g")
     assert tansu["fetch_max_wait_ms"] == TANSU_FETCH_MAX_WAIT_MS == 50
     assert "fetch_max_wait_ms" not in kafka  # Kafka answers as soon as data is there
+
+
+async def test_a_failed_commit_is_logged_and_retried_at_the_next_one(caplog) -> None:
+    """A broker that refuses the commit: at least once, not a crash. The offsets it could not
+    commit are not taken as committed, so the next commit sends them again."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from egress.sender_loop import SenderLoop
+
+    commits: list[dict] = []
+    failing = [True]
+
+    class Consumer:
+        async def commit(self, offsets: dict) -> None:
+            if failing[0]:
+                raise KafkaConnectionError("broker down")
+            commits.append({tp.partition: o for tp, o in offsets.items()})
+
+    loop = SenderLoop.__new__(SenderLoop)
+    loop.topic, loop._consumer, loop._committed = "t", Consumer(), {}
+    loop.tracker = OffsetTracker()
+    loop.tracker.started(0, 41)
+    loop.tracker.finished(0, 41)
+    await loop._commit(force=True)
+    assert commits == [] and loop._committed == {}
+    assert any("not committed" in r.getMessage() for r in caplog.records)
+    failing[0] = False
+    await loop._commit()
+    assert commits == [{0: 42}] and loop._committed == {0: 42}
+    await loop._commit()  # nothing new: no second request
+    assert commits == [{0: 42}]

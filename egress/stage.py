@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # unfinished messages in flight per sender, as a multiple of the HTTP concurrency
 # (``egress.sender_loop``: the wait for the durable mark overlaps other sends' HTTP calls)
-SEND_WINDOW_FACTOR = 4
+SEND_WINDOW_FACTOR = 8
 # tries of a message whose Kafka records failed, before it is left for redelivery
 KAFKA_WRITE_ATTEMPTS = 4
 

@@ -273,6 +273,7 @@ class SenderLoop:
         consumer, slots = self._consumer, self._slots
         assert consumer is not None and slots is not None
         interval = float(self.app.conf.broker_commit_interval)
+        create_task = asyncio.get_running_loop().create_task
         while True:
             await self._active.wait()
             generation = self._generation
@@ -285,7 +286,7 @@ class SenderLoop:
                         self._read_again(batches, tp, index)
                         break
                     self.tracker.started(tp.partition, record.offset)
-                    task = asyncio.ensure_future(self._send(record, slots))
+                    task = create_task(self._send(record, slots))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 else:

@@ -173,6 +173,11 @@ class RecordBatches:
             wake.clear()
             while (slot := self._next(tp)) is not None:
                 builder, fut = slot
+                # closed: aiokafka lingers an open batch (Faust's ``producer_linger_ms``, 10 ms)
+                # before sending it. This batch is already a group commit, and a "sending" mark
+                # in it holds its send back until the broker has it: it goes with the next
+                # request. (Closed, the producer's own ``send`` cannot append to it either.)
+                builder.close()
                 count = builder.record_count()
                 try:
                     delivered = await self._producer.send_batch(builder, topic, partition=partition)
@@ -315,13 +320,14 @@ class Sender:
 
     # --- Kafka writes ------------------------------------------------------------------------
 
-    async def _write(
-        self, key: str, value: dict[str, Any], partition: int | None, acks: list[Any] | None
-    ) -> Any:
-        """Set ``sent[key]``: the local view now, the changelog record batched.
+    def _set(
+        self, key: str, value: dict[str, Any], partition: int | None
+    ) -> asyncio.Future[Any] | None:
+        """Set ``sent[key]``: the local view now, the changelog record appended to its batch.
 
-        The record's future goes to ``acks`` (awaited before the event is acknowledged); without
-        a list it is awaited here. Returns the future (None on Faust's path).
+        Returns the record's future, resolved once the broker has acknowledged it (None on
+        Faust's path, where the table's API writes the record). A plain function, not a
+        coroutine: a send sets three entries, and its acks are awaited together at the end.
         """
         batches = self.batches() if partition is not None else None
         if batches is None:
@@ -332,12 +338,18 @@ class Sender:
             self._changelog = self.sent.changelog_topic.get_topic_name()
         # the bytes Faust writes for this table (``bind`` checked it uses JSON for both): a
         # JSON string key, a compact JSON value — recovery decodes them with the table's codecs
-        fut = batches.append(self._changelog, partition, _json_bytes(key), _json_bytes(value))
-        if acks is None:
-            await fut
-        else:
+        return batches.append(self._changelog, partition, _json_bytes(key), _json_bytes(value))
+
+    async def _write(
+        self, key: str, value: dict[str, Any], partition: int | None, acks: list[Any] | None
+    ) -> None:
+        """:meth:`_set`, its future added to ``acks`` (awaited before the message is finished),
+        or, without a list, awaited here."""
+        fut = self._set(key, value, partition)
+        if acks is not None:
             acks.append(fut)
-        return fut
+        elif fut is not None:
+            await fut
 
     def _persisted(self, topic: str, partition: int, offset: int) -> None:
         """What Faust's ``_on_changelog_sent`` does: RocksDB remembers the offset it holds."""
@@ -351,10 +363,12 @@ class Sender:
             await self.ctx.topics.of(spec).send(key=key, value=value)
             return
         name = self._topic_names[spec.name]
-        # the partition Faust's send would pick: the key's murmur2 hash over the topic's
-        # partitions, as every client does (metadata first: a no-op once the topic is known)
-        await batches._producer.client._wait_on_metadata(name)
-        partition = self.app.producer.key_partition(name, key).partition  # type: ignore[union-attr]
+        producer = batches._producer
+        if producer.client.cluster.partitions_for_topic(name) is None:
+            await producer.client._wait_on_metadata(name)  # only until the topic is known
+        # the partition Faust's send would pick (its ``key_partition``): the key's murmur2 hash
+        # over the topic's partitions, as every client does
+        partition = producer._partition(name, None, None, None, key, None)
         # trusted records built right here: the codec's field check is skipped (fastavro still
         # rejects a structurally wrong one)
         fut = batches.append(
@@ -383,10 +397,9 @@ class Sender:
             set_local(self.sent, outbound_id, mark, partition)  # without the buffered write
             await self.sent.send_changelog(partition, outbound_id, mark)
             return
-        pending: list[Any] = []
-        await self._write(outbound_id, mark, partition, pending)
-        if self.durable_marks:
-            await pending[0]
+        pending = self._set(outbound_id, mark, partition)
+        if self.durable_marks and pending is not None:
+            await pending
 
     async def publish(
         self,
@@ -410,42 +423,40 @@ class Sender:
 
     # --- sending -----------------------------------------------------------------------------
 
-    async def handle(self, message: dict[str, Any], partition: int | None) -> None:
-        """Send one message; returns once its Kafka records are acknowledged.
+    async def handle_durably(self, message: dict[str, Any], partition: int | None) -> None:
+        """Send one message; returns once every Kafka record it wrote is acknowledged.
 
         The per-chat lock (taken first, FIFO) keeps parts of a chat in order; it is released
         before waiting for the records, so the next part need not wait for the broker.
         ``partition``: the source partition (the ``sent`` table's changelog partition), which
         the sender loop passes: outside Faust's streams there is no current event to read it
         from.
+
+        Retried while a Kafka record is not acknowledged. A failed record is not a bad message:
+        acknowledging the message would lose it (a failed "sending" mark comes before the Graph
+        call). The retry is safe: the local view already holds the mark, so the retry
+        reconciles before it sends. Past the attempts, or once the partition is gone, the
+        message is left for redelivery. (One coroutine for the lock, the send and the retries:
+        every suspension of a send resumes each coroutine level above it.)
         """
         key = f"{message['phone_number_id']}:{message['chat_id']}"
-        entry = self.chat_locks.get(key)
-        if entry is None:
-            entry = self.chat_locks[key] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        acks: list[Any] = []
-        try:
-            async with entry[0]:
-                await self._handle(message, partition, acks)
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self.chat_locks[key]
-        for fut in acks:
-            await fut
-
-    async def handle_durably(self, message: dict[str, Any], partition: int | None) -> None:
-        """:meth:`handle`, retried while a Kafka record it wrote is not acknowledged.
-
-        A failed record is not a bad message: acknowledging the message would lose it (a failed
-        "sending" mark comes before the Graph call). The retry is safe: the local view already
-        holds the mark, so the retry reconciles before it sends. Past the attempts, or once the
-        partition is gone, the message is left for redelivery.
-        """
         for attempt in range(1, KAFKA_WRITE_ATTEMPTS + 1):
+            entry = self.chat_locks.get(key)
+            if entry is None:
+                entry = self.chat_locks[key] = [asyncio.Lock(), 0]
+            entry[1] += 1
+            acks: list[asyncio.Future[Any] | None] = []
             try:
-                await self.handle(message, partition)
+                try:
+                    async with entry[0]:
+                        await self._handle(message, partition, acks)
+                finally:
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        del self.chat_locks[key]
+                for fut in acks:
+                    if fut is not None:  # None: written through Faust's API
+                        await fut
                 return
             except KafkaError as exc:
                 stopping = self.app is not None and self.app.should_stop
@@ -662,7 +673,7 @@ class Sender:
                 )
                 return
             sent = {"state": "sent", "wamid": wamid, "at": _now_ms()}
-            await self._write(outbound_id, sent, partition, acks)
+            acks.append(self._set(outbound_id, sent, partition))
             if wamid:
                 # statuses arrive keyed like outbound messages (tenant:number): same partition
                 index = {
@@ -671,7 +682,7 @@ class Sender:
                     "chat_id": message["chat_id"],
                     "status": "sent",
                 }
-                await self._write(f"w:{wamid}", index, partition, acks)
+                acks.append(self._set(f"w:{wamid}", index, partition))
             _SENT.inc()
             if not read_typing:
                 await self.publish(

@@ -57,6 +57,9 @@ class FakeBuilder:
     def record_count(self) -> int:
         return len(self.records)
 
+    def close(self) -> None:
+        self.capacity = len(self.records)
+
 
 class FakeProducer:
     """``send_batch`` returns once the previous batch of the partition is on the wire; the
@@ -182,3 +185,28 @@ async def test_a_batch_the_producer_drops_fails_its_waiters_with_a_kafka_error()
     with pytest.raises(KafkaError):
         await asyncio.wait_for(waiter, 1)
     await batches.aclose()
+
+
+async def test_a_batch_goes_out_without_the_producers_linger(kafka) -> None:
+    """The app's producer lingers (Faust's ``producer_linger_ms``: 10 ms here, 1 s in this
+    test); a batch of marks is already a group commit, and each "sending" mark holds a send
+    back until the broker has it, so a submitted batch is closed and goes with the next
+    request instead of waiting out the linger."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = f"{kafka.prefix}.batches-linger"
+    await kafka.create_topics({topic: 1})
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, linger_ms=1000)
+    await producer.start()
+    delivered: list[tuple[str, int, int]] = []
+    batches = RecordBatches(producer, lambda t, p, o: delivered.append((t, p, o)))
+    try:
+        await producer.send_and_wait(topic, b"warm-up", partition=0)  # metadata, connection
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(batches.append(topic, 0, b"k", b"sending"), 5)
+        assert loop.time() - started < 0.5
+        assert delivered == [(topic, 0, 1)]  # offset 0 was the warm-up
+    finally:
+        await batches.aclose()
+        await producer.stop()

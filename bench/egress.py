@@ -19,7 +19,7 @@ Then the floors (``bench/egress_floors.py``: senders that only consume, decode, 
 run on the same backlog, one after another, with a bare client run after each: each floor is
 compared with the mean of the bare runs just before and just after it, as the worker is.
 
-All of that is one round; the benchmark runs ``rounds`` (3) of them, each on fresh topics, and
+All of that is one round; the benchmark runs ``rounds`` (5) of them, each on fresh topics, and
 reports the median of each contender's paired ratios, as ``bench streams`` does. Measured
 here: the bare client is bound by the simulator (~96% of a core against the client's ~85%),
 the worker by its own process (~94%): the ratio says how close the worker comes to what this
@@ -185,7 +185,7 @@ def _summary(runs: list[Paired]) -> dict[str, Any]:
 
 
 async def _run(
-    n: int, concurrency: int, with_floors: bool = True, rounds: int = 3
+    n: int, concurrency: int, with_floors: bool = True, rounds: int = 5
 ) -> dict[str, Any]:
     """``rounds`` rounds, each on fresh topics (a new backlog, consumer groups and ``sent``
     table): bare client, worker, bare client, then each floor followed by a bare client run.
@@ -315,9 +315,9 @@ async def _run(
 def run(n: int | None = None, concurrency: int = 64, rounds: int | None = None) -> dict[str, Any]:
     """``n`` messages per run (default ``ONYX_WA_BENCH_EGRESS_N`` or 6,000: at ~4,500 sends/s
     a bare run of 3,000 lasted 0.7 s and single runs moved by half), ``rounds`` (default
-    ``ONYX_WA_BENCH_EGRESS_ROUNDS`` or 3)."""
+    ``ONYX_WA_BENCH_EGRESS_ROUNDS`` or 5: single rounds ranged 0.57–0.77 in one run)."""
     n = max(100, n if n is not None else int(os.environ.get(N_ENV, "6000")))
-    rounds = max(1, rounds if rounds is not None else int(os.environ.get(ROUNDS_ENV, "3")))
+    rounds = max(1, rounds if rounds is not None else int(os.environ.get(ROUNDS_ENV, "5")))
     # the event loop production processes run on (``onyx_wa.runtime.run_service``: uvloop where
     # available) — for the worker and the bare client alike
     try:

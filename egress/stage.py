@@ -366,9 +366,9 @@ class Sender:
         producer = batches._producer
         if producer.client.cluster.partitions_for_topic(name) is None:
             await producer.client._wait_on_metadata(name)  # only until the topic is known
-        # the partition Faust's send would pick (its ``key_partition``): the key's murmur2 hash
-        # over the topic's partitions, as every client does
-        partition = producer._partition(name, None, None, None, key, None)
+        # the partition Faust's send would pick: the key's murmur2 hash over the topic's
+        # partitions, as every client does
+        partition = self.app.producer.key_partition(name, key).partition  # type: ignore[union-attr]
         # trusted records built right here: the codec's field check is skipped (fastavro still
         # rejects a structurally wrong one)
         fut = batches.append(
